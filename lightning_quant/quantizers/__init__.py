@@ -1,0 +1,32 @@
+"""Gradient quantizers: one module per scheme, all reachable through the registry.
+
+Example::
+
+    from lightning_quant.quantizers import get_quantizer, available_quantizers
+
+    q = get_quantizer("nuqsgd", bits=4)
+    payload = q.encode(grad)
+    payload.nbytes  # exact bytes on the wire
+    grad_hat = q.decode(payload)
+"""
+
+from lightning_quant.quantizers import dqsgd, floats, global_qsgd, nuqsgd, qsgd  # noqa: F401
+from lightning_quant.quantizers.base import (
+    Payload,
+    Quantizer,
+    QuantizerConfig,
+    available_quantizers,
+    get_quantizer,
+    register_quantizer,
+)
+from lightning_quant.quantizers.dqsgd import DQSGDPolicy
+
+__all__ = [
+    "DQSGDPolicy",
+    "Payload",
+    "Quantizer",
+    "QuantizerConfig",
+    "available_quantizers",
+    "get_quantizer",
+    "register_quantizer",
+]

@@ -1,0 +1,159 @@
+"""Per-bucket stochastic quantization shared by QSGD, QSGDinf, NUQSGD and DQ-SGD.
+
+A tensor is flattened and cut into buckets of ``bucket_size`` elements (the last one
+zero-padded in memory, never on the wire). Each bucket gets one ``float32`` scale (its L2
+or max norm); each coordinate becomes a ``bits``-wide code: the top bit is the sign, the
+other ``bits - 1`` bits index a magnitude level in ``[0, 1]`` relative to the scale.
+Rounding between the two neighbouring levels is stochastic and unbiased.
+
+Wire size of a tensor of ``d`` elements::
+
+    nbytes = ceil(d * bits / 8) + 4 * ceil(d / bucket_size)
+
+Non-finite input is never hidden: a bucket holding NaN or Inf has a non-finite scale and
+decodes to non-finite values, so a mixed-precision loss scaler still sees the overflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from lightning_quant.packing import pack, packed_nbytes, unpack
+from lightning_quant.quantizers.base import SCALE_DTYPE, Payload, Quantizer, QuantizerConfig
+
+__all__ = ["BucketConfig", "BucketedQuantizer", "exponential_levels", "uniform_levels"]
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass(frozen=True)
+class BucketConfig(QuantizerConfig):
+    """Settings of a per-bucket quantizer.
+
+    Args:
+        bits: wire bits per coordinate, sign included, 2 to 8.
+        bucket_size: coordinates sharing one scale (QSGD's ``d``), at least 1.
+    """
+
+    bits: int = 4
+    bucket_size: int = 512
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        if not isinstance(self.bucket_size, int) or self.bucket_size < 1:
+            raise ValueError(f"bucket_size must be a positive integer, got {self.bucket_size!r}")
+
+
+def check_bits(bits: int) -> None:
+    """Raise ``ValueError`` unless ``bits`` is a wire width the bucketed schemes support."""
+    if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(
+            f"bits must be an integer from {MIN_BITS} to {MAX_BITS} (sign included), got {bits!r}"
+        )
+
+
+def uniform_levels(bits: int) -> int:
+    """Return QSGD's ``s``: levels ``{0, 1/s, ..., 1}`` with ``s = 2**(bits-1) - 1``."""
+    return 2 ** (bits - 1) - 1
+
+
+def exponential_levels(bits: int) -> int:
+    """Return NUQSGD's ``s``: levels ``{0, 2**-s, ..., 1/2, 1}`` with ``s = 2**(bits-1) - 2``."""
+    return 2 ** (bits - 1) - 2
+
+
+class BucketedQuantizer(Quantizer):
+    """Stochastic per-bucket quantizer; subclasses pick the norm and the level set."""
+
+    config_class = BucketConfig
+    norm: ClassVar[str] = "l2"  # "l2" or "inf"
+    exponential: ClassVar[bool] = False  # NUQSGD's levels instead of uniform ones
+    config: BucketConfig
+
+    def levels(self, bits: int) -> int:
+        """Return the number of positive levels ``s`` that ``bits`` buys."""
+        return exponential_levels(bits) if self.exponential else uniform_levels(bits)
+
+    def wire_nbytes(self, numel: int, bits: int | None = None) -> int:
+        bits = self.config.bits if bits is None else bits
+        buckets = math.ceil(numel / self.config.bucket_size)
+        return packed_nbytes(numel, bits) + buckets * SCALE_DTYPE.itemsize
+
+    def encode(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None = None,
+        bits: int | None = None,
+    ) -> Payload:
+        """Quantize ``tensor`` bucket by bucket.
+
+        Args:
+            tensor: floating-point tensor of any shape.
+            generator: random stream for the stochastic rounding (default: torch's global one).
+            bits: override the configured width (DQ-SGD's per-step choice).
+        """
+        bits = self.config.bits if bits is None else bits
+        check_bits(bits)
+        if not tensor.is_floating_point():
+            raise TypeError(f"{self.name} encodes floating-point tensors, got {tensor.dtype}")
+        numel, size = tensor.numel(), self.config.bucket_size
+        rows = _bucket_rows(tensor.detach().reshape(-1).float(), size)
+        scales = self._scales(rows)
+        inverse = torch.where(scales > 0, scales.reciprocal(), torch.zeros_like(scales))
+        ratio = (rows.abs() * inverse.unsqueeze(1)).nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
+        noise = torch.rand(rows.shape, generator=generator, device=rows.device)
+        magnitude = self._round(ratio, self.levels(bits), noise)
+        codes = magnitude | (rows < 0).to(torch.uint8) << (bits - 1)
+        return Payload(
+            data=pack(codes.reshape(-1)[:numel], bits),
+            scales=scales.to(SCALE_DTYPE),
+            shape=tensor.shape,
+            numel=numel,
+            dtype=tensor.dtype,
+            bits=bits,
+            levels=self.levels(bits),
+        )
+
+    def decode(self, payload: Payload) -> torch.Tensor:
+        bits, size = payload.bits, self.config.bucket_size
+        codes = _bucket_rows(unpack(payload.data, bits, payload.numel), size)
+        magnitude = self._level_values(codes & ((1 << (bits - 1)) - 1), payload.levels)
+        sign = 1.0 - 2.0 * (codes >> (bits - 1)).float()
+        values = magnitude * sign * payload.scales.unsqueeze(1)
+        return values.reshape(-1)[: payload.numel].to(payload.dtype).reshape(payload.shape)
+
+    def _scales(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.norm == "inf":
+            return rows.abs().amax(dim=1)
+        return torch.linalg.vector_norm(rows, dim=1)
+
+    def _round(self, ratio: torch.Tensor, s: int, noise: torch.Tensor) -> torch.Tensor:
+        """Round ``ratio`` in ``[0, 1]`` to a neighbouring level index, unbiasedly."""
+        if not self.exponential:
+            # floor(x + u) rounds up with probability frac(x): unbiased.
+            return (ratio * s + noise).floor_().clamp_(max=s).to(torch.uint8)
+        # Level j > 0 is 2**(j - s - 1) (j = s + 1 is 1.0); level 0 is 0.
+        top = s + 1
+        lower = (torch.log2(ratio).floor_() + top).clamp_(0, top)
+        low_value = torch.where(lower > 0, torch.exp2(lower - top), torch.zeros_like(ratio))
+        high_value = torch.where(lower > 0, 2 * low_value, torch.full_like(ratio, 2.0**-s))
+        up = noise.mul_(high_value - low_value) < (ratio - low_value)
+        return (lower + up.float()).clamp_(max=top).to(torch.uint8)
+
+    def _level_values(self, index: torch.Tensor, s: int) -> torch.Tensor:
+        if not self.exponential:
+            return index.float() / s
+        index = index.float()
+        return torch.where(index > 0, torch.exp2(index - (s + 1)), torch.zeros_like(index))
+
+
+def _bucket_rows(flat: torch.Tensor, size: int) -> torch.Tensor:
+    """View ``flat`` as rows of ``size``, zero-padding the last row."""
+    extra = (-flat.numel()) % size
+    if extra:
+        flat = torch.cat([flat, flat.new_zeros(extra)])
+    return flat.view(-1, size)

@@ -1,0 +1,156 @@
+"""Global-QSGD: quantize against one shared scale so that payloads add up in an allreduce.
+
+Xin, Canini, Richtarik, Horvath, "Global-QSGD: Allreduce-compatible quantization",
+https://arxiv.org/abs/2305.18627. All workers take the same scale (the global max of
+``|g|``, got with one scalar ``allreduce(MAX)``) and map ``|g| / scale`` onto the integer
+levels ``0 .. s_w`` with unbiased stochastic rounding (standard dithering). The sum of the
+workers' integers, divided by ``s_w * n``, is an unbiased estimate of the mean gradient.
+
+Wire format: each coordinate is one ``bits``-wide lane holding ``level + s_w`` (offset
+binary, so never negative), lanes packed into ``uint8`` bytes (``bits`` in {2, 4, 8}
+divides 8, so no lane straddles a byte). A plain ``uint8`` SUM allreduce (gloo and NCCL
+both have it; gloo has no int16) adds lane by lane without carries as long as
+``n * 2 * s_w <= 2**bits - 1``, hence::
+
+    s_w = floor((2**bits - 1) / (2 n))        max world size = (2**bits - 1) // 2
+
+(8 bits: 127 workers; 4 bits: 7 workers). This replaces the authors' ``127 / n``, which
+can overflow when it is not an integer.
+
+Wire size of a tensor of ``d`` elements: ``ceil(d * bits / 8) + 4`` (the shared scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lightning_quant.packing import pack, packed_nbytes, unpack
+from lightning_quant.quantizers.base import (
+    SCALE_DTYPE,
+    Payload,
+    Quantizer,
+    QuantizerConfig,
+    register_quantizer,
+)
+
+__all__ = ["GlobalQSGD", "GlobalQSGDConfig", "max_world_size", "worker_levels"]
+
+LANE_BITS = (2, 4, 8)
+
+
+@dataclass(frozen=True)
+class GlobalQSGDConfig(QuantizerConfig):
+    """Settings of Global-QSGD.
+
+    Args:
+        bits: lane width on the wire per coordinate, one of 2, 4, 8.
+    """
+
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.bits not in LANE_BITS:
+            raise ValueError(
+                f"global_qsgd bits must be one of {LANE_BITS} (lanes that tile a byte), "
+                f"got {self.bits!r}"
+            )
+
+
+def max_world_size(bits: int) -> int:
+    """Return the most workers whose summed ``bits``-wide lanes cannot overflow."""
+    return (2**bits - 1) // 2
+
+
+def worker_levels(bits: int, world_size: int) -> int:
+    """Return ``s_w``, the positive levels each of ``world_size`` workers may use."""
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    limit = max_world_size(bits)
+    if world_size > limit:
+        raise ValueError(
+            f"global_qsgd at {bits} bits holds at most {limit} workers without overflow, "
+            f"got world size {world_size}; use more bits"
+            + (" (8 bits holds 127)" if bits < 8 else "")
+        )
+    return (2**bits - 1) // (2 * world_size)
+
+
+@register_quantizer("global_qsgd")
+class GlobalQSGD(Quantizer):
+    """Global-QSGD with standard (linear) dithering against a shared scale.
+
+    Example::
+
+        q = get_quantizer("global_qsgd", bits=8)
+        scale = max over workers of g.abs().max()          # one allreduce(MAX)
+        payload = q.encode(g, scale=scale, world_size=n)
+        summed = allreduce(payload.data, SUM)              # uint8 lanes add without carry
+        mean = q.decode(q.summed(payload, summed, n))
+    """
+
+    config_class = GlobalQSGDConfig
+    reducible = True
+    config: GlobalQSGDConfig
+
+    def wire_nbytes(self, numel: int) -> int:
+        return packed_nbytes(numel, self.config.bits) + SCALE_DTYPE.itemsize
+
+    def encode(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None = None,
+        scale: float | torch.Tensor | None = None,
+        world_size: int = 1,
+    ) -> Payload:
+        """Quantize ``tensor`` against the shared ``scale``.
+
+        Args:
+            tensor: floating-point tensor of any shape.
+            generator: random stream for the dithering.
+            scale: the shared scale, at least ``max |tensor|`` on every worker (default:
+                this tensor's own max, i.e. a single worker).
+            world_size: number of workers whose payloads will be summed.
+        """
+        if not tensor.is_floating_point():
+            raise TypeError(f"global_qsgd encodes floating-point tensors, got {tensor.dtype}")
+        bits = self.config.bits
+        s = worker_levels(bits, world_size)
+        flat = tensor.detach().reshape(-1).float()
+        if scale is None:
+            scale = flat.abs().amax() if flat.numel() else flat.new_zeros(())
+        scale = torch.as_tensor(scale, dtype=SCALE_DTYPE, device=flat.device).reshape(1)
+        inverse = torch.where(scale > 0, scale.reciprocal(), torch.zeros_like(scale))
+        ratio = (flat * inverse).nan_to_num_(nan=0.0).clamp_(-1.0, 1.0)
+        noise = torch.rand(flat.shape, generator=generator, device=flat.device)
+        lanes = (ratio * s + noise).floor_().add_(s).to(torch.uint8)
+        return Payload(
+            data=pack(lanes, bits),
+            scales=scale,
+            shape=tensor.shape,
+            numel=tensor.numel(),
+            dtype=tensor.dtype,
+            bits=bits,
+            levels=s,
+        )
+
+    def summed(self, payload: Payload, data: torch.Tensor, summands: int) -> Payload:
+        """Return ``payload``'s layout holding ``data``, the lane sum of ``summands`` workers."""
+        return Payload(
+            data=data,
+            scales=payload.scales,
+            shape=payload.shape,
+            numel=payload.numel,
+            dtype=payload.dtype,
+            bits=payload.bits,
+            levels=payload.levels,
+            summands=summands,
+        )
+
+    def decode(self, payload: Payload) -> torch.Tensor:
+        """Return the mean of the ``payload.summands`` workers' estimates."""
+        lanes = unpack(payload.data, payload.bits, payload.numel).float()
+        signed = lanes - payload.summands * payload.levels
+        step = payload.scales / (payload.levels * payload.summands)
+        return (signed * step).to(payload.dtype).reshape(payload.shape)
