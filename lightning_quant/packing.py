@@ -34,7 +34,9 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """
     _check_bits(bits)
     if codes.dtype != torch.uint8 or codes.dim() != 1:
-        raise ValueError(f"codes must be a 1-D uint8 tensor, got {codes.dtype} {tuple(codes.shape)}")
+        raise ValueError(
+            f"codes must be a 1-D uint8 tensor, got {codes.dtype} {tuple(codes.shape)}"
+        )
     numel = codes.numel()
     if bits == 8:
         return codes.clone()
@@ -67,7 +69,9 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """
     _check_bits(bits)
     if packed.dtype != torch.uint8 or packed.dim() != 1:
-        raise ValueError(f"packed must be a 1-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+        raise ValueError(
+            f"packed must be a 1-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}"
+        )
     need = packed_nbytes(numel, bits)
     if packed.numel() < need:
         raise ValueError(f"{numel} codes of {bits} bits need {need} bytes, got {packed.numel()}")

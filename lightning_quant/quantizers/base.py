@@ -62,7 +62,9 @@ class Payload:
     def read_wire(self, wire: torch.Tensor) -> Payload:
         """Return a payload of this layout whose bytes are read from ``wire``."""
         if wire.numel() != self.nbytes:
-            raise ValueError(f"wire buffer has {wire.numel()} bytes, this layout needs {self.nbytes}")
+            raise ValueError(
+                f"wire buffer has {wire.numel()} bytes, this layout needs {self.nbytes}"
+            )
         split = self.scales.numel() * self.scales.element_size()
         scales = wire[:split].clone().view(self.scales.dtype)
         return dataclasses.replace(self, data=wire[split:], scales=scales)

@@ -71,7 +71,9 @@ class DQSGDConfig(BucketConfig):
         check_bits(self.min_bits)
         check_bits(self.max_bits)
         if self.min_bits > self.max_bits:
-            raise ValueError(f"min_bits ({self.min_bits}) must not exceed max_bits ({self.max_bits})")
+            raise ValueError(
+                f"min_bits ({self.min_bits}) must not exceed max_bits ({self.max_bits})"
+            )
         if not self.target_error > 0:
             raise ValueError(f"target_error must be > 0, got {self.target_error!r}")
         if not isinstance(self.total_steps, int) or self.total_steps < 1:
