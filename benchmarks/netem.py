@@ -1,0 +1,525 @@
+"""Emulated network links between training ranks on one machine.
+
+Each rank gets its own network namespace and one interface in ``10.200.0.0/24``
+(rank ``r`` is ``10.200.0.(r+1)``). Two ranks are joined by a veth pair; more ranks by a
+bridge in a hub namespace with one veth per rank. A shaped link puts a ``tbf`` qdisc on
+both directions of every rank's link: the rank's egress in its own namespace and, with a
+bridge, the bridge port's egress toward the rank. ``netem`` is not available on this
+project's machines, so there is no added delay; see ``/work/shared/NETWORK-EMULATION.md``.
+
+Nothing is routed anywhere else: the namespaces hold only the addresses created here and
+no default route. Everything created is removed on normal exit, on an exception, on
+SIGINT/SIGTERM and at interpreter exit; :func:`cleanup_stale` removes what a killed run
+left behind. Needs root and iproute2 (``ip``, ``tc``).
+
+Example::
+
+    with emulated_network(2, link="100mbit") as net:
+        procs = [
+            subprocess.Popen(net.command(rank, [sys.executable, "train.py"]))
+            for rank in range(net.world_size)
+        ]
+        for proc in procs:
+            proc.wait(timeout=600)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MASTER_PORT",
+    "LINK_PRESETS",
+    "NETNS_PREFIX",
+    "SUBNET",
+    "EmulatedNetwork",
+    "Host",
+    "LinkPreset",
+    "NetworkEmulationError",
+    "cleanup_stale",
+    "emulated_network",
+    "network_emulation_available",
+]
+
+log = logging.getLogger(__name__)
+
+SUBNET = "10.200.0.0/24"
+NETNS_PREFIX = "lqnet-"
+DEFAULT_MASTER_PORT = 29500
+_MAX_RANKS = 253  # 10.200.0.1 .. 10.200.0.253
+_IP_TIMEOUT_S = 30.0
+
+
+class NetworkEmulationError(RuntimeError):
+    """The emulated network cannot be set up (no root, no iproute2, a command failed)."""
+
+
+@dataclass(frozen=True)
+class LinkPreset:
+    """One kind of link: how ``tbf`` shapes it and what the performance model assumes.
+
+    Attributes:
+        name: the preset's name, e.g. ``"100mbit"``.
+        shaped: whether a ``tbf`` qdisc is installed (``False``: a plain veth).
+        rate_bits_per_s: the link rate in bit/s. For a shaped link this is the ``tbf``
+            rate (``tc`` counts Ethernet frames, so TCP payload gets about 95.6% of it at
+            MTU 1500); for ``none`` it is a nominal figure for an unshaped veth on a
+            2-core machine, used only by the performance model.
+        latency_s: one-way cost of one message (propagation, stack, gloo), used only by
+            the performance model; ``tbf`` adds no delay of its own.
+        burst_bytes: ``tbf`` bucket size in bytes.
+        queue_latency_s: ``tbf`` ``latency``: the longest a packet may wait in the queue
+            (sets the queue length, not a delay).
+    """
+
+    name: str
+    shaped: bool
+    rate_bits_per_s: float
+    latency_s: float
+    burst_bytes: int = 0
+    queue_latency_s: float = 0.0
+
+    def tbf_args(self) -> list[str]:
+        """Return the ``tc qdisc add ... tbf`` arguments after ``tbf``."""
+        if not self.shaped:
+            raise ValueError(f"link {self.name!r} is not shaped; it has no tbf settings")
+        return [
+            "rate", f"{int(self.rate_bits_per_s)}bit",
+            "burst", str(self.burst_bytes),
+            "latency", f"{round(self.queue_latency_s * 1e6)}us",
+        ]  # fmt: skip
+
+
+# tbf: burst 128 KiB and a 100 ms queue, the settings calibrated in NETWORK-EMULATION.md.
+# Model figures, measured with gloo between namespaces on this project's 2-core machines:
+# latency_s: a 4-byte all_reduce took 120-190 us over 2 ring steps with 2 ranks and
+# 170-280 us over 4 steps with 3 ranks (a 1-byte all_gather: about 200 us a step), so
+# 100 us a message; rate for "none": a 10 MB all_reduce moved about 6 Gbit/s per rank
+# (raw TCP over the unshaped veth: 12-17 Gbit/s); there copies, not the wire, dominate.
+LINK_PRESETS: dict[str, LinkPreset] = {
+    "none": LinkPreset("none", shaped=False, rate_bits_per_s=6e9, latency_s=100e-6),
+    "1gbit": LinkPreset(
+        "1gbit", shaped=True, rate_bits_per_s=1e9, latency_s=100e-6,
+        burst_bytes=128 * 1024, queue_latency_s=0.1,
+    ),
+    "100mbit": LinkPreset(
+        "100mbit", shaped=True, rate_bits_per_s=100e6, latency_s=100e-6,
+        burst_bytes=128 * 1024, queue_latency_s=0.1,
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where one rank lives: its namespace, its interface and its address."""
+
+    rank: int
+    namespace: str
+    interface: str
+    address: str
+
+
+def _missing_prerequisite() -> str | None:
+    """Return why network emulation cannot run here, or ``None`` when it can."""
+    if os.geteuid() != 0:
+        return "network emulation needs root (ip netns); run as root or use --link none"
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    if missing:
+        return (
+            f"network emulation needs {' and '.join(missing)} (apt-get install iproute2); "
+            "install it or use --link none"
+        )
+    return None
+
+
+@functools.cache
+def network_emulation_available() -> bool:
+    """Return whether namespaces, veth pairs and ``tbf`` can be created here.
+
+    Checks root and iproute2, then builds and removes a shaped 2-rank network once
+    (cached), so a container without the capabilities or kernel modules answers ``False``.
+    """
+    if _missing_prerequisite() is not None:
+        return False
+    try:
+        with emulated_network(2, link="100mbit", install_signal_handlers=False):
+            pass
+    except NetworkEmulationError as error:
+        log.info("network emulation unavailable: %s", error)
+        return False
+    return True
+
+
+def _run(argv: Sequence[str]) -> str:
+    """Run one iproute2 command; raise :class:`NetworkEmulationError` if it fails."""
+    try:
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=_IP_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise NetworkEmulationError(f"{' '.join(argv)}: {error}") from error
+    if done.returncode != 0:
+        raise NetworkEmulationError(
+            f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}"
+        )
+    return done.stdout
+
+
+def _list_namespaces() -> list[str]:
+    """Return the names of the named network namespaces (``ip netns list``)."""
+    out = _run(["ip", "netns", "list"])
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _delete_namespace(name: str) -> bool:
+    """Delete one namespace (its interfaces go with it); return whether it existed."""
+    try:
+        _run(["ip", "netns", "delete", name])
+    except NetworkEmulationError as error:
+        if name in _list_namespaces():
+            log.warning("could not delete network namespace %s: %s", name, error)
+        return False
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup_stale(prefix: str = NETNS_PREFIX, *, include_live: bool = False) -> list[str]:
+    """Delete namespaces left behind by runs that were killed before they cleaned up.
+
+    Namespace names are ``{prefix}{pid}-{sequence}-{rank or "hub"}``. Namespaces whose
+    creating process is still alive belong to a concurrent run and are kept unless
+    ``include_live`` is set.
+
+    Args:
+        prefix: the prefix the runs used (default :data:`NETNS_PREFIX`).
+        include_live: also delete namespaces whose creating process still runs.
+
+    Returns:
+        The names of the deleted namespaces.
+    """
+    if not prefix:
+        raise ValueError("prefix must not be empty: it would match every namespace")
+    if _missing_prerequisite() is not None:
+        return []
+    active = {ns for net in list(_ACTIVE) for ns in net.namespaces}
+    deleted = []
+    for name in _list_namespaces():
+        if not name.startswith(prefix) or name in active:
+            continue
+        pid_text = name[len(prefix) :].split("-", 1)[0]
+        pid = int(pid_text) if pid_text.isdigit() else None
+        if not include_live and pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue
+        if _delete_namespace(name):
+            deleted.append(name)
+    if deleted:
+        log.info("removed stale network namespaces: %s", ", ".join(deleted))
+    return deleted
+
+
+_SEQUENCE = itertools.count()
+_ACTIVE: set[EmulatedNetwork] = set()
+_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class EmulatedNetwork:
+    """A set of network namespaces joined by emulated links, one per rank.
+
+    Build it with :func:`emulated_network` and use it as a context manager; nothing is
+    created before ``__enter__``.
+
+    Attributes:
+        world_size: number of ranks.
+        link: the :class:`LinkPreset` every rank's link uses.
+        hosts: one :class:`Host` per rank, indexed by rank.
+        hub: the namespace holding the bridge (more than two ranks), else ``None``.
+        master_port: the port :meth:`command` hands out by default.
+    """
+
+    def __init__(
+        self,
+        world_size: int,
+        link: str | LinkPreset = "none",
+        *,
+        prefix: str = NETNS_PREFIX,
+        master_port: int = DEFAULT_MASTER_PORT,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        if not 2 <= world_size <= _MAX_RANKS:
+            raise ValueError(f"world_size must be between 2 and {_MAX_RANKS}, got {world_size}")
+        if isinstance(link, str):
+            try:
+                link = LINK_PRESETS[link]
+            except KeyError:
+                raise ValueError(
+                    f"unknown link {link!r}; choose one of: {', '.join(LINK_PRESETS)}"
+                ) from None
+        if not 1024 <= master_port <= 65535 - 1000:
+            raise ValueError(f"master_port must be between 1024 and 64535, got {master_port}")
+        self.world_size = world_size
+        self.link = link
+        self.master_port = master_port
+        self._next_port = master_port + 1
+        self._install_handlers = install_signal_handlers
+        pid, seq = os.getpid(), next(_SEQUENCE)
+        # Interfaces are created directly inside their namespaces, so their names only
+        # have to be unique there; the pid and sequence number make them recognisable.
+        tag = f"{pid:x}.{seq % 0x1000:x}"
+        self.hosts = [
+            Host(
+                rank=rank,
+                namespace=f"{prefix}{pid}-{seq}-{rank}",
+                interface=f"v{tag}.{rank}",
+                address=f"10.200.0.{rank + 1}",
+            )
+            for rank in range(world_size)
+        ]
+        self.hub = f"{prefix}{pid}-{seq}-hub" if world_size > 2 else None
+        self._bridge = f"b{tag}"
+        self._ports = [f"p{tag}.{rank}" for rank in range(world_size)]
+        for name in (*(h.interface for h in self.hosts), self._bridge, *self._ports):
+            if len(name) > 15:
+                raise ValueError(f"interface name {name!r} is longer than 15 characters")
+        self._owner_pid = pid
+        self._created: list[str] = []
+        self._entered = False
+        self._closed = False
+        self._previous_handlers: dict[int, Any] = {}
+
+    # ----- public API -------------------------------------------------------------------
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Return every namespace this network uses (ranks, then the hub if any)."""
+        return [h.namespace for h in self.hosts] + ([self.hub] if self.hub else [])
+
+    def env(
+        self, rank: int, extra: Mapping[str, str] | None = None, *, master_port: int | None = None
+    ) -> dict[str, str]:
+        """Return the rendezvous variables for ``rank``, updated with ``extra``.
+
+        ``GLOO_SOCKET_IFNAME`` is the rank's interface, ``MASTER_ADDR`` rank 0's address,
+        ``RANK``/``NODE_RANK`` the rank (one Lightning node per rank), ``LOCAL_RANK`` 0.
+        """
+        host = self.hosts[rank]
+        env = {
+            "GLOO_SOCKET_IFNAME": host.interface,
+            "MASTER_ADDR": self.hosts[0].address,
+            "MASTER_PORT": str(self.master_port if master_port is None else master_port),
+            "WORLD_SIZE": str(self.world_size),
+            "RANK": str(rank),
+            "NODE_RANK": str(rank),
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",
+        }
+        env.update(extra or {})
+        return env
+
+    def command(
+        self,
+        rank: int,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        master_port: int | None = None,
+    ) -> list[str]:
+        """Return ``argv`` prefixed to run inside ``rank``'s namespace.
+
+        The result is ``ip netns exec NS env K=V ... argv``, with the variables of
+        :meth:`env`; the process otherwise inherits the caller's environment.
+
+        Example::
+
+            subprocess.Popen(net.command(1, [sys.executable, "train.py"], {"SEED": "1"}))
+        """
+        if not self._entered or self._closed:
+            raise RuntimeError("the emulated network is not up; use it inside its `with` block")
+        variables = self.env(rank, env, master_port=master_port)
+        assignments = [f"{key}={value}" for key, value in variables.items()]
+        return ["ip", "netns", "exec", self.hosts[rank].namespace, "env", *assignments, *argv]
+
+    def next_master_port(self) -> int:
+        """Return a port not handed out before by this network, for one more run.
+
+        The namespaces are fresh and private, so only runs launched in this network can
+        hold a port there; a new port per run avoids a previous TCPStore's TIME_WAIT.
+        """
+        port = self._next_port
+        self._next_port += 1
+        return port
+
+    def __enter__(self) -> EmulatedNetwork:
+        if self._entered:
+            raise RuntimeError("an EmulatedNetwork can be entered only once")
+        reason = _missing_prerequisite()
+        if reason is not None:
+            raise NetworkEmulationError(reason)
+        self._entered = True
+        _ACTIVE.add(self)
+        if self._install_handlers:
+            self._install_signal_handlers()
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        log.info(
+            "emulated network up: %d ranks, link %s, namespaces %s",
+            self.world_size, self.link.name, ", ".join(self.namespaces),
+        )  # fmt: skip
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete every namespace created (their interfaces go with them); idempotent."""
+        if os.getpid() != self._owner_pid:
+            return  # a forked child must not tear down its parent's network
+        self._closed = True
+        while self._created:
+            _delete_namespace(self._created.pop())
+        self._restore_signal_handlers()
+        _ACTIVE.discard(self)
+
+    # ----- building ---------------------------------------------------------------------
+
+    def _add_namespace(self, name: str) -> None:
+        _run(["ip", "netns", "add", name])
+        self._created.append(name)
+        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+
+    def _shape(self, namespace: str, interface: str) -> None:
+        if self.link.shaped:
+            _run(
+                ["tc", "-n", namespace, "qdisc", "add", "dev", interface, "root", "tbf"]
+                + self.link.tbf_args()
+            )
+
+    def _build(self) -> None:
+        for name in self.namespaces:
+            if self._closed:
+                raise NetworkEmulationError("interrupted while building the network")
+            self._add_namespace(name)
+        if self.hub is None:
+            a, b = self.hosts
+            _run(
+                ["ip", "link", "add", a.interface, "netns", a.namespace, "type", "veth",
+                 "peer", "name", b.interface, "netns", b.namespace]
+            )  # fmt: skip
+        else:
+            _run(["ip", "-n", self.hub, "link", "add", self._bridge, "type", "bridge"])
+            _run(["ip", "-n", self.hub, "link", "set", self._bridge, "up"])
+            for host, port in zip(self.hosts, self._ports, strict=True):
+                _run(
+                    ["ip", "link", "add", host.interface, "netns", host.namespace,
+                     "type", "veth", "peer", "name", port, "netns", self.hub]
+                )  # fmt: skip
+                _run(["ip", "-n", self.hub, "link", "set", port, "master", self._bridge])
+                _run(["ip", "-n", self.hub, "link", "set", port, "up"])
+                self._shape(self.hub, port)
+        for host in self.hosts:
+            _run(
+                ["ip", "-n", host.namespace, "addr", "add", f"{host.address}/24",
+                 "dev", host.interface]
+            )  # fmt: skip
+            _run(["ip", "-n", host.namespace, "link", "set", host.interface, "up"])
+            self._shape(host.namespace, host.interface)
+
+    # ----- signals ----------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; atexit still cleans up
+        for signum in _HANDLED_SIGNALS:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # the process chose to survive this signal; so does the network
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in list(self._previous_handlers.items()):
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+                del self._previous_handlers[signum]
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Clean up, then do what the previous handler of ``signum`` would have done."""
+        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+        self.close()
+        if callable(previous):
+            previous(signum, frame)  # SIGINT's default raises KeyboardInterrupt
+        elif previous in (signal.SIG_DFL, None):
+            _close_all_active()  # the process is about to die: leave nothing behind
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+def emulated_network(
+    world_size: int,
+    link: str | LinkPreset = "none",
+    *,
+    prefix: str = NETNS_PREFIX,
+    master_port: int = DEFAULT_MASTER_PORT,
+    install_signal_handlers: bool = True,
+) -> EmulatedNetwork:
+    """Return a context manager that puts ``world_size`` ranks behind emulated links.
+
+    Args:
+        world_size: number of ranks, 2 to 253.
+        link: a name in :data:`LINK_PRESETS` (``"none"``, ``"1gbit"``, ``"100mbit"``) or
+            a :class:`LinkPreset`.
+        prefix: start of the namespace names; :func:`cleanup_stale` takes the same.
+        master_port: the ``MASTER_PORT`` handed to every rank by default.
+        install_signal_handlers: clean up on SIGINT/SIGTERM, then run the handler that
+            was installed before (main thread only).
+
+    Returns:
+        An :class:`EmulatedNetwork`; enter it to create the namespaces.
+
+    Raises:
+        NetworkEmulationError: on entering, when not root, without ``ip``/``tc``, or when
+            a command fails (whatever was created is removed first).
+
+    Example::
+
+        with emulated_network(3, link="1gbit") as net:
+            print(net.hosts[0].address, net.command(2, ["python", "-c", "print(1)"]))
+    """
+    return EmulatedNetwork(
+        world_size,
+        link,
+        prefix=prefix,
+        master_port=master_port,
+        install_signal_handlers=install_signal_handlers,
+    )
+
+
+@atexit.register
+def _close_all_active() -> None:
+    for net in list(_ACTIVE):
+        with contextlib.suppress(Exception):
+            net.close()
