@@ -103,7 +103,7 @@ class Collective(StrEnum):
 
 
 # Keep in step with ``Quantizer.reducible`` in lightning_quant.quantizers.
-REDUCIBLE_SCHEMES = frozenset({"fp32", "fp16", "global_qsgd"})
+REDUCIBLE_SCHEMES = frozenset({"fp32", "fp16", "bf16", "global_qsgd"})
 
 
 def collective_for(scheme: str) -> Collective:

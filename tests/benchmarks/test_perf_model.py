@@ -21,6 +21,7 @@ from benchmarks.perf_model import (
     ring_allgather_seconds,
     ring_allreduce_seconds,
 )
+from lightning_quant.quantizers import available_quantizers, get_quantizer
 
 # beta = 1 MB/s of payload, so bandwidth terms read as "seconds per MB".
 MB_PER_S = LinkSpec(rate_bits_per_s=8e6 / TCP_PAYLOAD_FRACTION, latency_s=0.0)
@@ -91,9 +92,12 @@ def test_link_specs_are_the_netem_presets():
     assert LINK_SPECS["100mbit"].payload_bytes_per_s == pytest.approx(100e6 / 8 * 1448 / 1514)
 
 
-def test_collective_for_schemes():
+def test_collective_for_every_registered_scheme():
     assert collective_for("fp32") is collective_for("global_qsgd") is Collective.ALLREDUCE
     assert collective_for("qsgd") is Collective.ALLGATHER
+    for name in available_quantizers():
+        reducible = type(get_quantizer(name)).reducible
+        assert (collective_for(name) is Collective.ALLREDUCE) == reducible, name
 
 
 @pytest.mark.parametrize(
