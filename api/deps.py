@@ -1,0 +1,56 @@
+"""Dependencies and response docs shared by the routers."""
+
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Path, status
+
+from api import crud
+from api.core.db import SessionDep
+from api.models import MAX_INT, Run
+
+__all__ = [
+    "NOT_FOUND",
+    "TOO_LARGE",
+    "UNAUTHORIZED",
+    "RunDep",
+    "RunId",
+    "get_run_or_404",
+    "query_error",
+]
+
+RunId = Annotated[int, Path(ge=1, le=MAX_INT, description="The run's id")]
+
+_MESSAGE = {
+    "content": {
+        "application/json": {
+            "schema": {"type": "object", "properties": {"detail": {"type": "string"}}}
+        }
+    }
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such run", **_MESSAGE}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "LQ_API_TOKEN is set and the bearer token is missing or wrong",
+          **_MESSAGE}
+}
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The body or the batch is over the configured limit", **_MESSAGE}
+}
+
+
+def get_run_or_404(session: SessionDep, run_id: RunId) -> Run:
+    """Return the run named in the path, or answer 404."""
+    db_run = crud.get_run(session=session, run_id=run_id)
+    if db_run is None:
+        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=f"Run {run_id} not found")
+    return db_run
+
+
+RunDep = Annotated[Run, Depends(get_run_or_404)]
+
+
+def query_error(name: str, message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, naming the query parameter."""
+    return HTTPException(
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        detail=[{"loc": ["query", name], "msg": message, "type": "value_error"}],
+    )

@@ -1,0 +1,70 @@
+"""Fixtures for the run store's tests: an app on a real SQLite file in ``tmp_path``."""
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.core.config import Settings
+from api.main import create_app
+from tests.utils.api_server import api_server  # noqa: F401 - a pytest fixture
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "runs.db"
+
+
+@pytest.fixture
+def make_client(db_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """Start the app (lifespan included) on ``db_path`` with settings overridden."""
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            DATABASE_URL=f"sqlite:///{db_path}",
+            **{"API_TOKEN": None, **overrides},
+        )
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+@pytest.fixture
+def query(db_path: Path) -> Callable[..., list[tuple[Any, ...]]]:
+    """Run SQL on the database file directly, past the API."""
+
+    def run(sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(db_path) as connection:
+            return connection.execute(sql, params).fetchall()
+
+    return run
+
+
+@pytest.fixture
+def make_run(client: TestClient) -> Callable[..., dict[str, Any]]:
+    """Create a run through the API from ``run_payload(**kwargs)``; return it."""
+    from tests.utils.factories import run_payload
+
+    def make(scheme: str = "qsgd", **kwargs: Any) -> dict[str, Any]:
+        response = client.post(f"{API}/runs", json=run_payload(scheme, **kwargs))
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    return make
