@@ -12,6 +12,7 @@ __all__ = [
     "NOT_FOUND",
     "TOO_LARGE",
     "UNAUTHORIZED",
+    "WRITE_ERRORS",
     "RunDep",
     "RunId",
     "get_run_or_404",
@@ -34,6 +35,12 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 }
 TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body or the batch is over the configured limit", **_MESSAGE}
+}
+# Every route that takes a body: the token check, unreadable bodies, the size limit.
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body is not UTF-8 text", **_MESSAGE},
+    **UNAUTHORIZED,
+    **TOO_LARGE,
 }
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from api import crud
 from api.core.db import SessionDep
 from api.core.security import WriteAccess
-from api.deps import NOT_FOUND, TOO_LARGE, UNAUTHORIZED, RunDep
+from api.deps import NOT_FOUND, WRITE_ERRORS, RunDep
 from api.models import (
     MAX_INT,
     MetricNames,
@@ -34,7 +34,7 @@ StepMax = Annotated[int | None, Query(ge=0, le=MAX_INT, description="Last step t
     "",
     response_model=MetricsCreated,
     dependencies=[WriteAccess],
-    responses={**NOT_FOUND, **UNAUTHORIZED, **TOO_LARGE},
+    responses={**NOT_FOUND, **WRITE_ERRORS},
 )
 def create_metrics(
     *, request: Request, session: SessionDep, db_run: RunDep, metrics_in: MetricsCreate

@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from api import crud
 from api.core.db import SessionDep
 from api.core.security import WriteAccess
-from api.deps import NOT_FOUND, UNAUTHORIZED, RunDep, query_error
+from api.deps import NOT_FOUND, UNAUTHORIZED, WRITE_ERRORS, RunDep, query_error
 from api.models import (
     MAX_INT,
     Ids,
@@ -37,7 +37,7 @@ CSV_COLUMNS = ["id", "created_at", "updated_at", *RunBase.model_fields]
     response_model=RunPublic,
     status_code=status.HTTP_201_CREATED,
     dependencies=[WriteAccess],
-    responses=UNAUTHORIZED,
+    responses=WRITE_ERRORS,
 )
 def create_run(*, session: SessionDep, run_in: RunCreate) -> Any:
     """Create a run."""
@@ -122,7 +122,7 @@ def read_run(db_run: RunDep) -> Any:
     "/{run_id}",
     response_model=RunPublic,
     dependencies=[WriteAccess],
-    responses={**NOT_FOUND, **UNAUTHORIZED},
+    responses={**NOT_FOUND, **WRITE_ERRORS},
 )
 def update_run(*, session: SessionDep, db_run: RunDep, run_in: RunUpdate) -> Any:
     """Update a run's status, timestamps, figures or setup; only the fields sent change."""

@@ -26,19 +26,23 @@ def test_posting_the_same_batch_twice_stores_it_once(client, run, query):
     assert again.json() == {"received": 50 * len(METRIC_NAMES), "inserted": 0}
     count = query("SELECT count(*) FROM metric WHERE run_id = ?", run["id"])
     assert count == [(50 * len(METRIC_NAMES),)]
-    distinct = query(
-        "SELECT count(*) FROM (SELECT DISTINCT run_id, step, name FROM metric)"
-    )
+    distinct = query("SELECT count(*) FROM (SELECT DISTINCT run_id, step, name FROM metric)")
     assert distinct == count
 
 
 def test_an_overlapping_retry_adds_only_the_new_steps_and_keeps_stored_values(client, run, query):
     _post(client, run["id"], {"points": [{"step": 0, "values": {"loss": 1.0}}]})
-    response = _post(client, run["id"], {"points": [
-        {"step": 0, "values": {"loss": 5.0, "accuracy": 0.1}},
-        {"step": 1, "values": {"loss": 0.9}},
-        {"step": 1, "values": {"loss": 0.8}},  # the same key twice in one batch
-    ]})
+    response = _post(
+        client,
+        run["id"],
+        {
+            "points": [
+                {"step": 0, "values": {"loss": 5.0, "accuracy": 0.1}},
+                {"step": 1, "values": {"loss": 0.9}},
+                {"step": 1, "values": {"loss": 0.8}},  # the same key twice in one batch
+            ]
+        },
+    )
     assert response.json() == {"received": 4, "inserted": 2}
     rows = query("SELECT step, name, value FROM metric ORDER BY step, name")
     assert rows == [(0, "accuracy", 0.1), (0, "loss", 1.0), (1, "loss", 0.9)]
@@ -75,19 +79,22 @@ def test_step_range_and_names_filter(client, run):
     assert names == {"data": sorted(METRIC_NAMES), "count": len(METRIC_NAMES)}
 
 
-@pytest.mark.parametrize(("steps", "max_points"), [(1000, 100), (1000, 2), (101, 11), (7, 3),
-                                                   (999, 998), (50, 50), (10, 1000)])
+@pytest.mark.parametrize(
+    ("steps", "max_points"),
+    [(1000, 100), (1000, 2), (101, 11), (7, 3), (999, 998), (50, 50), (10, 1000)],
+)
 def test_downsampling_keeps_at_most_n_even_points_with_first_and_last(
     client, run, steps, max_points
 ):
     # steps are sparse and uneven, so picking by step number would not be even by rank
-    points = [{"step": 3 * i + i % 3, "values": {"loss": float(i), "accuracy": -i}}
-              for i in range(steps)]
+    points = [
+        {"step": 3 * i + i % 3, "values": {"loss": float(i), "accuracy": -i}} for i in range(steps)
+    ]
     for first in range(0, steps, 4000):
-        _post(client, run["id"], {"points": points[first:first + 4000]})
-    data = client.get(
-        f"{API}/runs/{run['id']}/metrics", params={"max_points": max_points}
-    ).json()["data"]
+        _post(client, run["id"], {"points": points[first : first + 4000]})
+    data = client.get(f"{API}/runs/{run['id']}/metrics", params={"max_points": max_points}).json()[
+        "data"
+    ]
     for name in ("loss", "accuracy"):
         kept = [p for p in data if p["name"] == name]
         expected = min(steps, max_points)
@@ -112,10 +119,16 @@ def test_downsampling_counts_each_metric_separately(client, run):
 
 def test_default_read_is_downsampled_to_1000_points_per_metric(client, run):
     for first in range(0, 3000, 1500):
-        _post(client, run["id"], {"points": [
-            {"step": s, "values": {"loss": 1.0, "accuracy": 0.5}}
-            for s in range(first, first + 1500)
-        ]})
+        _post(
+            client,
+            run["id"],
+            {
+                "points": [
+                    {"step": s, "values": {"loss": 1.0, "accuracy": 0.5}}
+                    for s in range(first, first + 1500)
+                ]
+            },
+        )
     body = client.get(f"{API}/runs/{run['id']}/metrics").json()
     assert body["count"] == 2000
     full = client.get(f"{API}/runs/{run['id']}/metrics", params={"max_points": 100_000}).json()
@@ -124,9 +137,9 @@ def test_default_read_is_downsampled_to_1000_points_per_metric(client, run):
 
 def test_any_named_scalar_is_accepted(client, run):
     names = ["loss", "train/loss", "val.acc_1", "lr-group:0", "gpu_mem_MB"]
-    response = _post(client, run["id"], {"points": [
-        {"step": 3, "values": dict.fromkeys(names, 1.5)}
-    ]})
+    response = _post(
+        client, run["id"], {"points": [{"step": 3, "values": dict.fromkeys(names, 1.5)}]}
+    )
     assert response.status_code == 200, response.text
     stored = client.get(f"{API}/runs/{run['id']}/metrics/names").json()["data"]
     assert stored == sorted(names)
@@ -142,8 +155,10 @@ def test_posting_metrics_touches_the_run(client, run):
     [
         ({"step": 1, "values": {"loss": float("nan")}}, ["points", 0, "values", "loss"]),
         ({"step": 1, "values": {"loss": float("inf")}}, ["points", 0, "values", "loss"]),
-        ({"step": 1, "wall_time": float("-inf"), "values": {"loss": 1}},
-         ["points", 0, "wall_time"]),
+        (
+            {"step": 1, "wall_time": float("-inf"), "values": {"loss": 1}},
+            ["points", 0, "wall_time"],
+        ),
         ({"step": -1, "values": {"loss": 1}}, ["points", 0, "step"]),
         ({"step": 2**63, "values": {"loss": 1}}, ["points", 0, "step"]),
         ({"step": 1, "epoch": 10**40, "values": {"loss": 1}}, ["points", 0, "epoch"]),
@@ -170,11 +185,15 @@ def test_bad_points_are_422_naming_the_field(client, run, point, loc):
 def test_a_batch_over_the_value_limit_is_413_and_stores_nothing(make_client, query):
     client = make_client(MAX_BATCH_POINTS=100)
     run_id = client.post(f"{API}/runs", json={"name": "r", "scheme": "qsgd"}).json()["id"]
-    ok = _post(client, run_id, {"points": [{"step": s, "values": {"a": 1, "b": 2}}
-                                           for s in range(50)]})
+    ok = _post(
+        client, run_id, {"points": [{"step": s, "values": {"a": 1, "b": 2}} for s in range(50)]}
+    )
     assert ok.status_code == 200
-    too_many = _post(client, run_id, {"points": [{"step": s, "values": {"a": 1, "b": 2}}
-                                                 for s in range(100, 151)]})
+    too_many = _post(
+        client,
+        run_id,
+        {"points": [{"step": s, "values": {"a": 1, "b": 2}} for s in range(100, 151)]},
+    )
     assert too_many.status_code == 413
     assert "102" in too_many.json()["detail"] and "100" in too_many.json()["detail"]
     assert query("SELECT count(*) FROM metric") == [(100,)]
@@ -194,7 +213,7 @@ def test_a_body_over_the_size_limit_is_413(make_client, query):
     response = _post(client, run_id, big)
     assert response.status_code == 413
     # a body streamed without Content-Length is counted as it arrives
-    chunks = (json.dumps(big)[i:i + 1000].encode() for i in range(0, len(json.dumps(big)), 1000))
+    chunks = (json.dumps(big)[i : i + 1000].encode() for i in range(0, len(json.dumps(big)), 1000))
     response = client.post(
         f"{API}/runs/{run_id}/metrics",
         content=chunks,

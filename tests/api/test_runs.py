@@ -73,7 +73,8 @@ def test_patch_cannot_null_a_required_field(client, make_run):
     response = client.patch(f"{API}/runs/{run['id']}", json={"name": None, "status": None})
     assert response.status_code == 422
     assert {tuple(e["loc"]) for e in response.json()["detail"]} == {
-        ("body", "name"), ("body", "status")
+        ("body", "name"),
+        ("body", "status"),
     }
 
 
@@ -142,8 +143,10 @@ def _expected(runs, predicate):
         ({"model": "resnet18"}, lambda r: r["model_name"] == "resnet18"),
         ({"tag": "sweep"}, lambda r: "sweep" in r["tags"]),
         ({"tag": "sweep,low-bits"}, lambda r: {"sweep", "low-bits"} <= set(r["tags"])),
-        ({"scheme": "qsgd", "bits": "2,8", "tag": "sweep"},
-         lambda r: r["scheme"] == "qsgd" and r["bits"] in (2, 8) and "sweep" in r["tags"]),
+        (
+            {"scheme": "qsgd", "bits": "2,8", "tag": "sweep"},
+            lambda r: r["scheme"] == "qsgd" and r["bits"] in (2, 8) and "sweep" in r["tags"],
+        ),
         ({"scheme": "no-such-scheme"}, lambda r: False),
     ],
 )
@@ -244,7 +247,8 @@ def test_missing_required_fields_are_named(client):
     response = client.post(f"{API}/runs", json={"tags": []})
     assert response.status_code == 422
     assert {tuple(e["loc"]) for e in response.json()["detail"]} == {
-        ("body", "name"), ("body", "scheme")
+        ("body", "name"),
+        ("body", "scheme"),
     }
 
 

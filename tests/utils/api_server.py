@@ -68,7 +68,9 @@ class ApiServer:
 
     def client(self, **kwargs: object) -> httpx.Client:
         """An ``httpx.Client`` on ``api_url`` that sends the token; close it (``with``)."""
-        return httpx.Client(base_url=self.api_url, headers=self.auth_headers, **kwargs)
+        return httpx.Client(
+            base_url=self.api_url, headers=self.auth_headers, trust_env=False, **kwargs
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -95,8 +97,18 @@ def _launch(server: ApiServer, *, timeout: float) -> None:
     log = server.log_path.open("ab")
     port = server.base_url.rsplit(":", 1)[1]
     server.process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
-         "--port", port, "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--log-level",
+            "warning",
+        ],
         cwd=REPO_ROOT,
         env=server.env,
         stdout=log,
@@ -109,7 +121,10 @@ def _launch(server: ApiServer, *, timeout: float) -> None:
             server.process = None
             raise RuntimeError(f"the API server exited while starting:\n{server.log()}")
         try:
-            if httpx.get(f"{server.base_url}/health", timeout=1.0).status_code == 200:
+            if (
+                httpx.get(f"{server.base_url}/health", timeout=1.0, trust_env=False).status_code
+                == 200
+            ):
                 return
         except httpx.TransportError:
             pass

@@ -50,8 +50,14 @@ def scheme_setup(scheme: str, bits: int | None = None) -> dict[str, Any]:
     bits = bits or 4
     config: dict[str, Any] = {"bits": bits, "bucket_size": BUCKET_SIZE}
     if scheme == "dqsgd":
-        config |= {"min_bits": 2, "max_bits": 8, "target_error": 1.0, "total_steps": 1000,
-                   "lr": 0.1, "mu": 0.01}
+        config |= {
+            "min_bits": 2,
+            "max_bits": 8,
+            "target_error": 1.0,
+            "total_steps": 1000,
+            "lr": 0.1,
+            "mu": 0.01,
+        }
     return {"bits": bits, "bucket_size": BUCKET_SIZE, "quantizer_config": config}
 
 
@@ -111,12 +117,14 @@ def metric_points(
     points = []
     for step in range(start, start + steps):
         figures = _curve(scheme, bits, step, total, rng)
-        points.append({
-            "step": step,
-            "epoch": step // steps_per_epoch,
-            "wall_time": 1_700_000_000.0 + 0.06 * step,
-            "values": {name: figures[name] for name in names},
-        })
+        points.append(
+            {
+                "step": step,
+                "epoch": step // steps_per_epoch,
+                "wall_time": 1_700_000_000.0 + 0.06 * step,
+                "values": {name: figures[name] for name in names},
+            }
+        )
     return points
 
 
@@ -160,14 +168,26 @@ def run_payload(
         "model_name": model_name,
         "param_count": PARAM_COUNT,
         "dataset": dataset,
-        "strategy_config": {"name": f"ddp_{scheme}", "bucket_cap_mb": 25,
-                            "gradient_as_bucket_view": True},
+        "strategy_config": {
+            "name": f"ddp_{scheme}",
+            "bucket_cap_mb": 25,
+            "gradient_as_bucket_view": True,
+        },
         "quantizer_config": setup["quantizer_config"],
-        "hyperparameters": {"lr": 0.1, "batch_size": 128, "momentum": 0.9, "seed": seed,
-                            "max_steps": steps},
+        "hyperparameters": {
+            "lr": 0.1,
+            "batch_size": 128,
+            "momentum": 0.9,
+            "seed": seed,
+            "max_steps": steps,
+        },
         "host": "test-host",
-        "versions": {"python": "3.11", "torch": "2.13.0", "lightning": "2.5",
-                     "lightning_quant": "0.1.0"},
+        "versions": {
+            "python": "3.11",
+            "torch": "2.13.0",
+            "lightning": "2.5",
+            "lightning_quant": "0.1.0",
+        },
     }
     if status != "running":
         points = metric_points(scheme, steps=steps, bits=bits, seed=seed)
