@@ -115,9 +115,13 @@ class DQSGDPolicy:
         bits = 1 + math.ceil(math.log2(s + 1)) if s > 0 else MIN_BITS
         return min(max(bits, self.config.min_bits, MIN_BITS), self.config.max_bits, MAX_BITS)
 
-    def choose(self, grad_norm: float) -> int:
-        """Pick this step's width from the shared gradient norm and advance one step."""
-        self.bits = self.bits_for(float(grad_norm), self.step)
+    def choose(self, grad_norm: float | None) -> int:
+        """Pick this step's width from the shared gradient norm and advance one step.
+
+        ``None`` (no aggregated gradient yet, at the first step) keeps the configured bits.
+        """
+        if grad_norm is not None:
+            self.bits = self.bits_for(float(grad_norm), self.step)
         self.history.append(self.bits)
         self.step += 1
         return self.bits

@@ -1,0 +1,138 @@
+"""The comm hook in real gloo processes: identical parameters, real bytes, unbiased means."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_quant.hooks import QuantizedCommState, make_comm_hook
+from lightning_quant.quantizers import get_quantizer
+from tests.utils.ranks import run_ranks
+
+WORKERS = "tests.lightning_quant.ddp_workers"
+SCHEMES = ["qsgd", "qsgd_inf", "nuqsgd", "dqsgd", "global_qsgd", "fp16", "bf16", "fp32"]
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def expected_wire_bytes(scheme: str, numels: list[int], min_numel: int, bits: int) -> int:
+    q = get_quantizer(scheme, bits=bits) if scheme not in ("fp16", "bf16", "fp32") else None
+    total = 0
+    for n in numels:
+        if n < min_numel:
+            total += 4 * n
+        elif q is None:
+            total += get_quantizer(scheme).wire_nbytes(n)
+        else:
+            total += q.wire_nbytes(n) if scheme == "global_qsgd" else q.wire_nbytes(n, bits=bits)
+    return total
+
+
+@pytest.mark.parametrize(
+    ("world_size", "many_buckets"),
+    [(2, False), (3, True)],
+    ids=["2-ranks-one-bucket", "3-ranks-many-buckets"],
+)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_training_keeps_ranks_identical_and_counts_real_bytes(
+    scheme: str, many_buckets: bool, world_size: int, tmp_path
+) -> None:
+    bits = 8 if scheme == "global_qsgd" else 4
+    settings = {} if scheme in ("fp16", "bf16", "fp32") else {"bits": bits}
+    results = run_ranks(
+        f"{WORKERS}:train_plain_ddp",
+        world_size,
+        tmp_path,
+        scheme=scheme,
+        many_buckets=many_buckets,
+        min_compress_numel=64,
+        **settings,
+    )
+    first = results[0]
+    for other in results[1:]:  # bit-identical parameters on every rank
+        for a, b in zip(first["params"], other["params"], strict=True):
+            assert torch.equal(a, b)
+    assert first["calls"] == sum(len(step) for step in first["numels"]) > 0  # the hook ran
+    if many_buckets:
+        assert max(len(step) for step in first["numels"]) >= 3
+    for stats, numels in zip(first["stats"], first["numels"], strict=True):
+        expected = expected_wire_bytes(scheme, numels, 64, stats["bits"] or bits)
+        assert stats["wire_bytes"] == expected
+        assert stats["raw_bytes"] == 4 * sum(numels)
+        assert stats["buckets"] == len(numels)
+    if scheme in ("qsgd", "nuqsgd", "qsgd_inf", "dqsgd"):
+        last = first["stats"][-1]
+        assert 0.8 * 32 / last["bits"] < last["compression_ratio"] <= 32 / last["bits"]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "world_size", "many_buckets"),
+    [
+        ("qsgd", 2, True),
+        ("nuqsgd", 3, True),
+        ("qsgd_inf", 2, False),
+        ("global_qsgd", 3, True),
+        ("dqsgd", 2, True),
+    ],
+)
+def test_aggregated_gradient_is_unbiased(scheme, world_size, many_buckets, tmp_path) -> None:
+    bits = 8 if scheme == "global_qsgd" else 2
+    results = run_ranks(
+        f"{WORKERS}:aggregated_gradients",
+        world_size,
+        tmp_path,
+        scheme=scheme,
+        draws=300,
+        many_buckets=many_buckets,
+        bits=bits,
+        min_compress_numel=0,
+    )
+    exact, samples = results[0]["exact"].double(), results[0]["samples"].double()
+    assert torch.equal(results[0]["samples"], results[-1]["samples"])  # all ranks agree
+    mean, se = samples.mean(0), samples.std(0) / math.sqrt(samples.shape[0])
+    err = (mean - exact).abs()
+    assert (err**2).sum() <= 1.5 * (se**2).sum() + 1e-12
+    assert samples.std(0).max() > 0  # it really was quantized
+
+
+def test_error_feedback_trains_identically_across_ranks(tmp_path) -> None:
+    results = run_ranks(
+        f"{WORKERS}:train_plain_ddp",
+        3,
+        tmp_path,
+        scheme="qsgd",
+        many_buckets=True,
+        bits=2,
+        error_feedback=True,
+        min_compress_numel=0,
+    )
+    for a, b in zip(results[0]["params"], results[2]["params"], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("scheme", ["torch_fp16", "torch_powersgd"])
+def test_pytorch_peers_run_and_are_counted(scheme: str, tmp_path) -> None:
+    results = run_ranks(
+        f"{WORKERS}:train_plain_ddp", 2, tmp_path, scheme=scheme, many_buckets=False, steps=4
+    )
+    for a, b in zip(results[0]["params"], results[1]["params"], strict=True):
+        assert torch.allclose(a, b)
+    stats = results[0]["stats"]
+    raw = stats[-1]["raw_bytes"]
+    if scheme == "torch_fp16":
+        assert all(s["wire_bytes"] == raw // 2 for s in stats)
+    else:  # vanilla allreduce for 2 steps, then low-rank factors
+        assert stats[0]["wire_bytes"] == raw and stats[-1]["wire_bytes"] < raw / 4
+
+
+def test_settings_are_checked_before_training() -> None:
+    with pytest.raises(KeyError, match="available"):
+        make_comm_hook("qsgd9")
+    with pytest.raises(ValueError, match="bits must be"):
+        make_comm_hook("nuqsgd", bits=1)
+    with pytest.raises(ValueError, match="min_compress_numel"):
+        QuantizedCommState("qsgd", min_compress_numel=-1)
+    with pytest.raises(TypeError, match="only floating"):
+        module = torch.nn.Module()
+        module.weight = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
+        QuantizedCommState("qsgd").bind(module)
