@@ -1,0 +1,309 @@
+"""Run-store API speed: metric ingest through batched POSTs, and query latency at scale.
+
+Starts ``uvicorn api.main:app`` (one worker) on loopback with a fresh SQLite file in a
+temporary directory, then:
+
+1. **Ingest**: posts metric batches to one run with httpx, as the training reporter does,
+   for each batch size; prints sustained values/s (one value = one (step, name) point)
+   and request latency. Bodies are JSON-encoded before the clock starts, so the figure
+   is the server's; the client runs in this process, on the same 2 cores.
+2. **Seed**: 1000 runs x 1000 steps x 6 metric names (6M points) *through the API*:
+   runs by ``POST /runs``, metrics by ``POST /runs/{id}/metrics`` in batches of
+   1000 steps x 6 names = 6000 values, from two client threads. This is also ingest,
+   sustained, into a growing database; its rate is printed.
+3. **Queries**: p50/p95 latency over ``--requests`` requests each of
+   ``GET /runs/compare`` (2-8 random runs), ``GET /runs/{id}/metrics`` (all 6 names,
+   downsampled to 200 points each), the same for one metric, and ``GET /runs``
+   (filtered by scheme, sorted by final_loss, 50 per page).
+
+Goals on a 2-core machine: at least 20,000 points/s ingested; p95 under 200 ms for
+compare and metrics queries with 1000 runs x 1000 steps stored.
+
+Run::
+
+    python -m benchmarks.api_ingest            # full, about 2-3 minutes
+    python -m benchmarks.api_ingest --quick    # 100 runs x 1000 steps, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = ["main", "running_server"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMES = ("qsgd", "nuqsgd", "qsgd_inf", "dqsgd", "global_qsgd", "fp32")
+NAMES = ("loss", "accuracy", "step_s", "encode_s", "communicate_s", "wire_bytes")
+INGEST_GOAL = 20_000  # points/s
+LATENCY_GOAL_MS = 200.0  # p95
+
+
+@contextmanager
+def running_server(database: Path) -> Iterator[str]:
+    """Run ``uvicorn api.main:app`` on a free loopback port; yield its base URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LQ_")}
+    env["LQ_DATABASE_URL"] = f"sqlite:///{database}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError("the API server exited while starting")
+            try:
+                if httpx.get(f"{base_url}/health", trust_env=False).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def run_body(scheme: str, index: int, rng: random.Random) -> dict[str, object]:
+    """A finished run of ``scheme`` with plausible summary figures."""
+    bits = {"fp32": 32, "global_qsgd": 8}.get(scheme, rng.choice((2, 4, 8)))
+    step_s = 0.05 + 0.2 * bits / 32 + 0.01 * rng.random()
+    raw = 4 * 11_689_512 * 1000
+    return {
+        "name": f"bench-{scheme}-{bits}b-{index}",
+        "tags": ["bench", scheme],
+        "status": "finished",
+        "scheme": scheme,
+        "bits": bits,
+        "bucket_size": 512,
+        "world_size": rng.choice((2, 4, 8)),
+        "num_nodes": 1,
+        "backend": "gloo",
+        "device": "cpu",
+        "model_name": "resnet18",
+        "param_count": 11_689_512,
+        "dataset": rng.choice(("cifar10", "cifar100")),
+        "quantizer_config": {"bits": bits, "bucket_size": 512},
+        "hyperparameters": {"lr": 0.1, "batch_size": 128, "seed": index},
+        "final_loss": 0.2 + 0.3 / bits + 0.05 * rng.random(),
+        "final_accuracy": 0.9 - 0.2 / bits,
+        "total_raw_bytes": raw,
+        "total_wire_bytes": raw * bits // 32,
+        "mean_step_s": step_s,
+        "mean_encode_s": 0.004,
+        "mean_communicate_s": step_s - 0.058,
+        "mean_decode_s": 0.004,
+        "predicted_step_s": step_s * 0.95,
+    }
+
+
+def metric_body(first_step: int, steps: int, rng: random.Random) -> bytes:
+    """A JSON batch of ``steps`` steps with every name in ``NAMES``."""
+    points = [
+        {
+            "step": step,
+            "epoch": step // 100,
+            "wall_time": 1.7e9 + 0.1 * step,
+            "values": {name: rng.random() for name in NAMES},
+        }
+        for step in range(first_step, first_step + steps)
+    ]
+    return json.dumps({"points": points}).encode()
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass
+class IngestRow:
+    label: str
+    values: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.values / self.seconds
+
+
+def measure_ingest(client: httpx.Client, steps_per_batch: int, batches: int) -> IngestRow:
+    """Post ``batches`` batches of ``steps_per_batch`` steps to a new run."""
+    rng = random.Random(steps_per_batch)
+    body = run_body("qsgd", 0, rng) | {"status": "running", "tags": ["ingest"]}
+    run_id = client.post("/runs", json=body).json()["id"]
+    bodies = [metric_body(b * steps_per_batch, steps_per_batch, rng) for b in range(batches)]
+    headers = {"Content-Type": "application/json"}
+    client.post(f"/runs/{run_id}/metrics", content=bodies[0], headers=headers)  # warm up
+    latencies, inserted = [], 0
+    start = time.perf_counter()
+    for body in bodies[1:]:
+        sent = time.perf_counter()
+        response = client.post(f"/runs/{run_id}/metrics", content=body, headers=headers)
+        latencies.append(time.perf_counter() - sent)
+        response.raise_for_status()
+        inserted += response.json()["inserted"]
+    seconds = time.perf_counter() - start
+    values = steps_per_batch * len(NAMES)
+    return IngestRow(f"{steps_per_batch} steps x {len(NAMES)} = {values}", inserted, seconds,
+                     latencies)
+
+
+def seed(base_url: str, runs: int, steps: int, threads: int = 2) -> IngestRow:
+    """Create ``runs`` runs with ``steps`` steps of every metric, through the API."""
+    per_batch = 1000  # steps per POST: 6000 values, under the 10,000-value cap
+    run_ids: list[int] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def work(worker: int) -> None:
+        rng = random.Random(worker)
+        headers = {"Content-Type": "application/json"}
+        with httpx.Client(base_url=f"{base_url}/api/v1", timeout=60, trust_env=False) as client:
+            for index in range(worker, runs, threads):
+                scheme = SCHEMES[index % len(SCHEMES)]
+                run_id = client.post("/runs", json=run_body(scheme, index, rng)).json()["id"]
+                for first in range(0, steps, per_batch):
+                    body = metric_body(first, min(per_batch, steps - first), rng)
+                    sent = time.perf_counter()
+                    client.post(f"/runs/{run_id}/metrics", content=body,
+                                headers=headers).raise_for_status()
+                    with lock:
+                        latencies.append(time.perf_counter() - sent)
+                with lock:
+                    run_ids.append(run_id)
+
+    start = time.perf_counter()
+    pool = [threading.Thread(target=work, args=(worker,)) for worker in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    seconds = time.perf_counter() - start
+    return IngestRow(f"seed {runs} runs x {steps} steps x {len(NAMES)} names", runs * steps *
+                     len(NAMES), seconds, latencies)
+
+
+def time_requests(client: httpx.Client, make_url: Callable[[], str], count: int) -> list[float]:
+    """Latencies in seconds of ``count`` GETs of ``make_url()`` (after 5 warm-ups)."""
+    for _ in range(5):
+        client.get(make_url()).raise_for_status()
+    latencies = []
+    for _ in range(count):
+        url = make_url()
+        start = time.perf_counter()
+        client.get(url).raise_for_status()
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def ms(seconds: float) -> str:
+    return f"{1000 * seconds:8.1f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the three stages and print their tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="100 runs, 50 requests")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.requests = 100, 50
+
+    with tempfile.TemporaryDirectory(prefix="lq-bench-") as directory:
+        database = Path(directory) / "bench.db"
+        with running_server(database) as base_url:
+            api = f"{base_url}/api/v1"
+            with httpx.Client(base_url=api, timeout=60, trust_env=False) as client:
+                ingest = [measure_ingest(client, steps, batches)
+                          for steps, batches in ((10, 400), (100, 200), (1000, 40), (1600, 25))]
+
+            print(f"Ingest: one client, pre-encoded batches, {len(NAMES)} names per step")
+            print(f"{'batch (values)':>26} {'points/s':>10} {'p50 ms':>8} {'p95 ms':>8}")
+            for row in ingest:
+                print(f"{row.label:>26} {row.rate:10,.0f} {ms(statistics.median(row.latencies))}"
+                      f" {ms(percentile(row.latencies, 0.95))}")
+
+            seeded = seed(base_url, args.runs, args.steps)
+            size_mb = sum(p.stat().st_size for p in Path(directory).glob("bench.db*")) / 1e6
+            print()
+            print(f"Seed through the API ({seeded.label}, 2 client threads):")
+            p50, p95 = statistics.median(seeded.latencies), percentile(seeded.latencies, 0.95)
+            print(f"  {seeded.values:,} points in {seeded.seconds:.1f} s = {seeded.rate:,.0f} "
+                  f"points/s; batch p50 {ms(p50).strip()} ms, p95 {ms(p95).strip()} ms; "
+                  f"database {size_mb:,.0f} MB")
+
+            with httpx.Client(base_url=api, timeout=60, trust_env=False) as client:
+                ids = [run["id"] for page in range(0, args.runs, 1000)
+                       for run in client.get("/runs", params={"offset": page, "limit": 1000,
+                                                              "tag": "bench"}).json()["data"]]
+                rng = random.Random(0)
+
+                def compare() -> str:
+                    chosen = rng.sample(ids, rng.randint(2, 8))
+                    return "/runs/compare?ids=" + ",".join(map(str, chosen))
+
+                def metrics() -> str:
+                    return f"/runs/{rng.choice(ids)}/metrics?max_points=200"
+
+                def one_metric() -> str:
+                    return f"/runs/{rng.choice(ids)}/metrics?names=loss&max_points=200"
+
+                def full_metric() -> str:
+                    return f"/runs/{rng.choice(ids)}/metrics?names=loss"
+
+                def runs_page() -> str:
+                    return f"/runs?scheme={rng.choice(SCHEMES)}&sort=final_loss&limit=50"
+
+                queries = [
+                    ("compare 2-8 runs", compare, True),
+                    (f"metrics, {len(NAMES)} names -> 200 pts each", metrics, True),
+                    ("metrics, 1 name -> 200 pts", one_metric, True),
+                    (f"metrics, 1 name, all {args.steps} pts", full_metric, True),
+                    ("list runs: scheme, sort, 50", runs_page, False),
+                ]
+                print()
+                print(f"Queries with {len(ids)} runs x {args.steps} steps x {len(NAMES)} names "
+                      f"stored ({args.requests} requests each):")
+                print(f"{'query':>36} {'p50 ms':>8} {'p95 ms':>8} {'goal':>6}")
+                for label, make_url, goal in queries:
+                    latencies = time_requests(client, make_url, args.requests)
+                    p95 = percentile(latencies, 0.95)
+                    verdict = ("ok" if 1000 * p95 < LATENCY_GOAL_MS else "MISS") if goal else ""
+                    print(f"{label:>36} {ms(statistics.median(latencies))} {ms(p95)} {verdict:>6}")
+
+    best = max(row.rate for row in ingest)
+    print()
+    print(f"Ingest goal {INGEST_GOAL:,} points/s: best batch {best:,.0f}, seeding "
+          f"{seeded.rate:,.0f} -> {'ok' if min(best, seeded.rate) >= INGEST_GOAL else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
