@@ -66,6 +66,9 @@ def test_patch_changes_only_the_fields_sent(client):
     assert patched["compression_ratio"] == 8.0  # raw / wire, as none was sent
     unchanged = set(run) - set(update) - {"updated_at", "finished_at", "compression_ratio"}
     assert {f: patched[f] for f in unchanged} == {f: run[f] for f in unchanged}
+    # the tag filter follows the new tags
+    assert client.get(f"{API}/runs", params={"tag": "sweep-3"}).json()["count"] == 1
+    assert client.get(f"{API}/runs", params={"tag": "qsgd"}).json()["count"] == 0
 
 
 def test_patch_cannot_null_a_required_field(client, make_run):
