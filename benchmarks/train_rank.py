@@ -1,0 +1,246 @@
+"""One rank of a sweep run: train with Lightning DDP, time compute alone, write the result.
+
+``benchmarks/sweep.py`` starts one process per rank, each its own Lightning node
+(``num_nodes=WORLD_SIZE``, ``devices=1``), with the rendezvous in the environment
+(``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``NODE_RANK``, ``LOCAL_RANK=0`` and, in
+an emulated network, ``GLOO_SOCKET_IFNAME``)::
+
+    python -m benchmarks.train_rank --task large --scheme qsgd --bits 4 --steps 30 \\
+        --out run.json
+
+Each rank trains for ``--steps`` optimizer steps, recording its training loss and the
+wall time after every step; then all ranks time Lightning training steps of a copy of the
+model on their own (single-device, no communication), at the same time, so the figure
+carries the same CPU contention and per-step framework work as training. Rank 0
+evaluates test accuracy on the whole test set and writes one JSON object holding every
+rank's per-step statistics (the strategy's ``stats_history``), losses, times and compute
+time, plus the run's configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+import lightning_quant
+from benchmarks.tasks import TASKS, Task
+from lightning_quant import QuantizedDDPStrategy
+
+__all__ = ["StepRecorder", "main", "time_compute"]
+
+COMPUTE_WARMUP = 2
+
+
+class StepRecorder(Callback):
+    """Keep this rank's training loss and elapsed wall time after every optimizer step."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.times: list[float] = []
+        self._start = 0.0
+        self.start_unix: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self.start_unix = time.time()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, _: int
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss.detach()))
+        self.times.append(time.perf_counter() - self._start)
+
+
+def time_compute(task: Task, model: L.LightningModule, loader: Any, steps: int) -> list[float]:
+    """Return the seconds of ``steps`` Lightning training steps on this rank alone.
+
+    A single-device Lightning fit of a copy of ``model`` (the trained weights stay as
+    they are) over ``loader``: forward, backward, optimizer step, data loading and
+    Lightning's own per-step work, with no communication. The first
+    :data:`COMPUTE_WARMUP` steps are not timed.
+    """
+    clone = task.model()
+    clone.load_state_dict(model.state_dict())
+    recorder = StepRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        num_nodes=1,
+        max_steps=COMPUTE_WARMUP + steps + 1,
+        logger=False,
+        callbacks=[recorder],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(clone, loader)
+    times = recorder.times
+    return [b - a for a, b in itertools.pairwise(times[COMPUTE_WARMUP:])]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any) -> tuple[float, float]:
+    """Return (accuracy, mean cross-entropy) of ``model`` over every sample of ``loader``."""
+    model.eval()
+    correct, loss, count = 0, 0.0, 0
+    for x, y in loader:
+        logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        count += len(y)
+    return correct / count, loss / count
+
+
+def _strategy(args: argparse.Namespace, task: Task) -> QuantizedDDPStrategy:
+    extra: dict[str, Any] = {}
+    if args.scheme == "dqsgd":  # --bits is DQ-SGD's largest width; it adapts below it
+        extra = {"max_bits": args.bits, "lr": task.lr}
+    return QuantizedDDPStrategy(
+        args.scheme,
+        bits=args.bits,
+        bucket_size=args.bucket_size,
+        seed=args.seed,
+        quantizer_config=extra or None,
+        process_group_backend="gloo",
+        timeout=timedelta(seconds=args.pg_timeout_s),
+    )
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "lightning_quant": lightning_quant.__version__,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train, measure and return rank 0's result (``None`` on the other ranks)."""
+    world = int(os.environ["WORLD_SIZE"])
+    task = TASKS[args.task]
+    L.seed_everything(args.seed, workers=True, verbose=False)
+    model = task.model()
+    train, test = task.loaders(batch_size=args.batch_size, seed=args.seed)
+    recorder = StepRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        num_nodes=world,
+        strategy=_strategy(args, task),
+        max_steps=args.steps,
+        logger=False,
+        callbacks=[recorder],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    fit_start = time.perf_counter()
+    trainer.fit(model, train)
+    fit_s = time.perf_counter() - fit_start
+    strategy = trainer.strategy
+    assert isinstance(strategy, QuantizedDDPStrategy)
+    stats, config = list(strategy.stats_history), strategy.config_dict()
+    rank = dist.get_rank()
+    # Lightning unwrapped DDP at teardown; free the reducer while the group still lives
+    del trainer, strategy
+    gc.collect()
+
+    dist.barrier()  # every rank times its compute at once, contending for the cores
+    compute = time_compute(task, model, train, args.compute_steps)
+    own = {
+        "rank": rank,
+        "stats": stats,
+        "losses": recorder.losses,
+        "times": recorder.times,
+        "train_start_unix": recorder.start_unix,
+        "compute_s": statistics.median(compute),
+        "compute_samples_s": compute,
+        "fit_s": fit_s,
+        "threads": torch.get_num_threads(),
+    }
+    ranks: list[Any] = [None] * world
+    dist.all_gather_object(ranks, own)
+    result = None
+    if rank == 0:
+        accuracy, test_loss = evaluate(model, test)
+        result = {
+            "task": task.name,
+            "dataset": task.dataset,
+            "model_name": "mlp-" + "-".join(map(str, task.sizes)),
+            "param_count": sum(p.numel() for p in model.parameters()),
+            "scheme": args.scheme,
+            "bits": config["bits"],
+            "seed": args.seed,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "world_size": world,
+            "config": config,
+            "hyperparameters": {
+                **dict(model.hparams),
+                "batch_size": args.batch_size,
+                "max_steps": args.steps,
+            },
+            "test_accuracy": accuracy,
+            "test_loss": test_loss,
+            "ranks": ranks,
+            "host": socket.gethostname(),
+            "cpu_count": os.cpu_count(),
+            "versions": _versions(),
+        }
+    dist.barrier()
+    dist.destroy_process_group()
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--scheme", required=True)
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--bucket-size", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, required=True, help="optimizer steps to train")
+    parser.add_argument("--batch-size", type=int, default=32, help="per rank")
+    parser.add_argument("--compute-steps", type=int, default=8, help="steps timed alone")
+    parser.add_argument("--pg-timeout-s", type=float, default=300.0)
+    parser.add_argument("--out", type=Path, required=True, help="rank 0 writes JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    if result is not None:
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""``python -m benchmarks.sweep``: real multi-process Lightning runs, records, the API."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks import netem, sweep
+from benchmarks.netem import NETNS_PREFIX, network_emulation_available
+from benchmarks.tasks import TASKS
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS_PARAMS = sum(a * b + b for a, b in itertools.pairwise(TASKS["digits"].sizes))
+
+
+def run_sweep(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.sweep", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def by_scheme(records: list[dict]) -> dict[str, dict]:
+    return {r["scheme"]: r for r in records}
+
+
+# ----- a real sweep on loopback ---------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_tiny_sweep_records_every_requested_scheme(tmp_path):
+    out = tmp_path / "records.json"
+    done = run_sweep(
+        "--task", "digits", "--schemes", "fp32,qsgd,torch_bf16", "--bits", "4",
+        "--world-size", "2", "--link", "none", "--steps", "15", "--warmup", "3",
+        "--json", str(out), "--markdown", str(tmp_path / "table.md"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [r["scheme"] for r in records] == ["fp32", "qsgd", "torch_bf16"]
+    for record in records:
+        assert set(sweep.RECORD_FIELDS) <= set(record)
+        assert record["world_size"] == 2 and record["link"] == "none"
+
+    runs = by_scheme(records)
+    fp32, qsgd, bf16 = runs["fp32"], runs["qsgd"], runs["torch_bf16"]
+    assert fp32["bits"] == 32 and qsgd["bits"] == 4
+    for record in (fp32, qsgd):
+        assert record["status"] == "ok", record["error"]
+        assert record["steps"] == 15 and record["measured_steps"] == 12
+        assert record["step_time_s"] > 0 and record["predicted_step_s"] > 0
+        assert record["compute_s"] > 0 and record["codec_s"] >= 0
+        assert len(record["step_time_s_per_rank"]) == 2
+        assert record["step_time_s"] == max(record["step_time_s_per_rank"])
+        assert record["raw_bytes_per_step"] == 4 * DIGITS_PARAMS  # one fp32 gradient
+        assert 0 < record["final_loss"] < math.log(10) + 0.2
+        assert 0 <= record["test_accuracy"] <= 1
+    # the real bytes: fp32 sends its gradient; 4-bit QSGD an eighth of it plus scales
+    assert fp32["wire_bytes_per_step"] == fp32["raw_bytes_per_step"]
+    assert fp32["collective"] == "allreduce" and qsgd["collective"] == "allgather"
+    assert 6 < qsgd["compression_ratio"] < 8 and qsgd["mean_bits"] == 4
+    assert fp32["speedup_vs_fp32"] == 1.0
+    assert fp32["time_to_fp32_loss_s"] is not None  # fp32 reaches its own final loss
+    assert fp32["test_accuracy"] > 0.3  # 15 steps of digits learn something
+
+    assert bf16["status"] == "unavailable"
+    assert "bf16_compress_hook" in bf16["error"] and "NCCL" in bf16["error"]
+    assert bf16["step_time_s"] is None
+    assert "Sweep" in done.stdout and "unavailable" in done.stdout
+    assert "| fp32 | 32 | 2 | none |" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
+    """Runs that time out become failed records; an unreachable API only warns."""
+    out = tmp_path / "records.json"
+    done = run_sweep(
+        "--task", "digits", "--schemes", "fp32,qsgd,torch_quantization", "--steps", "5",
+        "--warmup", "1", "--timeout", "1", "--json", str(out),
+        "--api", f"http://127.0.0.1:{_closed_port()}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [r["status"] for r in records] == ["failed", "failed", "unavailable"]
+    assert all("timed out after 1 s" in r["error"] for r in records[:2])
+    assert "quantization_pertensor_hook" in records[2]["error"]
+    assert "API POST" in done.stderr and "stays in the JSON" in done.stderr
+    assert all(r["api_run_id"] is None for r in records)
+
+
+def _closed_port() -> int:
+    return sweep._free_port()  # nothing listens there once the probe socket is closed
+
+
+def test_a_crashed_rank_fails_the_run_and_its_peers_are_killed(tmp_path, monkeypatch):
+    script = "import os, sys, time\nif os.environ['RANK'] == '1': sys.exit(3)\ntime.sleep(60)"
+    monkeypatch.setattr(sweep, "_rank_argv", lambda *a: [sys.executable, "-c", script])
+    spec = _spec(world_size=2)
+    start = time.monotonic()
+    with pytest.raises(sweep.RunFailed, match="rank 1 exited with 3"):
+        sweep.launch_ranks(spec, tmp_path, None, timeout_s=30, grace_s=0.5)
+    assert time.monotonic() - start < 10  # rank 0 was killed, not waited for
+
+
+# ----- planning and figures, without training ---------------------------------------------
+
+
+def _spec(**changes) -> sweep.RunSpec:
+    fields = {
+        "task": "digits", "scheme": "qsgd", "bits": 4, "world_size": 2, "link": "none",
+        "seed": 0, "steps": 10, "warmup": 2, "batch_size": 32, "bucket_size": 512,
+    }  # fmt: skip
+    return sweep.RunSpec(**{**fields, **changes})
+
+
+def test_plan_runs_floats_once_fp32_first_and_refusals_kept():
+    args = sweep.parse_args(
+        ["--schemes", "global_qsgd,torch_fp16,fp32,torch_quantization", "--bits", "3,4",
+         "--world-size", "2,8", "--seeds", "0,1"]
+    )  # fmt: skip
+    specs = sweep.plan_runs(args)
+    first = [s for s in specs if s.world_size == 2 and s.seed == 0]
+    assert [(s.scheme, s.bits) for s in first] == [
+        ("fp32", 32), ("global_qsgd", 3), ("global_qsgd", 4), ("torch_fp16", 16),
+        ("torch_quantization", 8),
+    ]  # fmt: skip
+    reasons = {(s.scheme, s.bits, s.world_size): s.unavailable for s in specs}
+    assert "one of (2, 4, 8)" in reasons[("global_qsgd", 3, 2)]
+    assert reasons[("global_qsgd", 4, 2)] is None
+    assert "at most 7 workers" in reasons[("global_qsgd", 4, 8)]
+    assert "gloo" in reasons[("torch_quantization", 8, 2)]
+    assert len(specs) == 2 * 2 * 5
+
+
+def test_unknown_scheme_is_refused_with_the_names():
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.parse_args(["--schemes", "fp32,qsdg"])
+    assert exit_info.value.code == 2
+
+
+def test_shaped_link_without_root_exits_2_with_the_reason(monkeypatch, capsys):
+    monkeypatch.setattr(netem.os, "geteuid", lambda: 1000)
+    assert sweep.main(["--link", "100mbit", "--schemes", "fp32"]) == 2
+    assert "needs root" in capsys.readouterr().err
+
+
+def _result(step_s: list[list[float]], losses: list[float]) -> dict:
+    ranks = []
+    for rank, times in enumerate(step_s):
+        stats = [
+            {"step": i, "buckets": 1, "raw_bytes": 400, "wire_bytes": 50, "encode_s": 0.001,
+             "communicate_s": 0.002, "decode_s": 0.003, "bits": 4, "compression_ratio": 8.0,
+             "step_s": s}
+            for i, s in enumerate(times)
+        ]  # fmt: skip
+        ranks.append(
+            {
+                "rank": rank, "stats": stats, "losses": losses,
+                "times": [sum(times[: i + 1]) for i in range(len(times))],
+                "compute_s": 0.01 * (rank + 1), "threads": 1,
+            }
+        )  # fmt: skip
+    return {"ranks": ranks, "test_accuracy": 0.5, "test_loss": 1.0, "param_count": 100}
+
+
+def test_summarize_takes_the_slower_rank_after_the_warmup():
+    result = _result(
+        [[0.0, 9.0, 0.10, 0.10, 0.12], [0.0, 9.0, 0.20, 0.30, 0.20]], [3, 2, 1.5, 1.2, 1.0]
+    )
+    record = sweep.summarize(_spec(steps=5, warmup=2), result)
+    assert record["measured_steps"] == 3
+    assert record["step_time_s_per_rank"] == [0.10, 0.20]
+    assert record["step_time_s"] == 0.20
+    assert record["compute_s"] == 0.02  # the slower rank's
+    assert record["codec_s"] == pytest.approx(0.004)
+    assert record["wire_bytes_per_step"] == 50 and record["compression_ratio"] == 8
+    assert record["final_loss"] == pytest.approx(sum([3, 2, 1.5, 1.2, 1.0]) / 5)
+    assert record["predicted_step_s"] == pytest.approx(0.02 + 0.004 + record["predicted_comm_s"])
+
+
+def test_time_to_loss_uses_the_smoothed_loss():
+    losses, times = [4.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0], [1, 2, 3, 4, 5, 6, 7, 8]
+    # one lucky step is not enough: the trailing mean of 5 must reach the target
+    assert sweep.time_to_loss(losses, times, 1.5) == 6
+    assert sweep.time_to_loss(losses, times, 0.5) is None
+
+
+# ----- an emulated 100 Mbit/s link -----------------------------------------------------------
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    not network_emulation_available(), reason="network emulation needs root and iproute2"
+)
+def test_sweep_over_an_emulated_100mbit_link(tmp_path):
+    before = {n for n in _namespaces() if n.startswith(NETNS_PREFIX)}
+    out = tmp_path / "records.json"
+    done = run_sweep(
+        "--task", "digits", "--schemes", "fp32,qsgd", "--link", "100mbit",
+        "--steps", "12", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = by_scheme(json.loads(out.read_text()))
+    for record in runs.values():
+        assert record["status"] == "ok", record["error"]
+        assert record["link"] == "100mbit" and record["predicted_comm_s"] > 0
+    # the wire dominates: fp32's gradient takes longer to cross than 4-bit payloads
+    assert runs["fp32"]["predicted_comm_s"] > 4 * runs["qsgd"]["predicted_comm_s"]
+    assert {n for n in _namespaces() if n.startswith(NETNS_PREFIX)} <= before
+
+
+# ----- the run store -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sweep_stores_runs_metrics_and_summaries_in_the_api(tmp_path, api_server):
+    out = tmp_path / "records.json"
+    done = run_sweep(
+        "--task", "digits", "--schemes", "fp32,nuqsgd,torch_bf16", "--steps", "8",
+        "--warmup", "2", "--json", str(out), "--api", api_server.base_url,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning" not in done.stderr
+    records = by_scheme(json.loads(out.read_text()))
+    with httpx.Client(base_url=api_server.api_url, trust_env=False) as client:
+        listed = client.get("/runs", params={"tag": "sweep"}).json()
+        assert listed["count"] == 3
+        stored = {run["scheme"]: run for run in listed["data"]}
+        for scheme in ("fp32", "nuqsgd"):
+            record, run = records[scheme], stored[scheme]
+            assert run["id"] == record["api_run_id"]
+            assert run["status"] == "finished"
+            assert run["world_size"] == 2 and run["num_nodes"] == 2 and run["backend"] == "gloo"
+            assert run["param_count"] == DIGITS_PARAMS and run["dataset"] == "sklearn-digits"
+            assert run["bits"] == record["bits"]
+            assert run["final_accuracy"] == pytest.approx(record["test_accuracy"])
+            assert run["final_loss"] == pytest.approx(record["final_loss"])
+            assert run["predicted_step_s"] == pytest.approx(record["predicted_step_s"])
+            assert run["summary"]["step_time_s"] == pytest.approx(record["step_time_s"])
+            assert run["strategy_config"]["scheme"] == scheme
+            assert run["hyperparameters"]["max_steps"] == 8 and run["versions"]["torch"]
+            metrics = client.get(f"/runs/{run['id']}/metrics").json()["data"]
+            names = {m["name"] for m in metrics}
+            assert {"loss", "raw_bytes", "wire_bytes", "encode_s", "communicate_s",
+                    "decode_s", "step_s", "bits"} <= names  # fmt: skip
+            assert sorted(m["step"] for m in metrics if m["name"] == "wire_bytes") == list(range(8))
+        assert stored["nuqsgd"]["quantizer_config"]["bits"] == 4
+        assert stored["nuqsgd"]["total_wire_bytes"] < stored["fp32"]["total_wire_bytes"] / 6
+        unavailable = stored["torch_bf16"]
+        assert unavailable["status"] == "failed"
+        assert unavailable["summary"]["status"] == "unavailable"
+        assert "NCCL" in unavailable["summary"]["error"]
+
+
+def test_args_are_comma_lists():
+    args = sweep.parse_args(["--bits", "2,4,4", "--world-size", "2,3", "--link", "none,1gbit"])
+    assert isinstance(args, argparse.Namespace)
+    assert args.bits == [2, 4] and args.world_size == [2, 3] and args.link == ["none", "1gbit"]
