@@ -27,9 +27,10 @@ PowerSGD hook breaks that rule and aborts gloo with several buckets).
 # against ``dist.GradBucket`` itself, and would find strings.
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -69,7 +70,21 @@ class StepStats:
     communicate_s: float = 0.0
     decode_s: float = 0.0
     bits: int = 0
-    grad_sq_norm: float = 0.0  # of the aggregated gradient (identical on every rank)
+    # squared norms of the aggregated buckets, by bucket index (identical on every rank)
+    bucket_sq_norms: dict[int, float] = field(default_factory=dict)
+    # future callbacks run on gloo/NCCL threads, possibly two at once
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def grad_sq_norm(self) -> float:
+        """Squared norm of the aggregated gradient, summed in bucket order, so every rank
+        gets the same float whatever order its buckets completed in."""
+        return sum(self.bucket_sq_norms[i] for i in sorted(self.bucket_sq_norms))
+
+    def add_times(self, **seconds: float) -> None:
+        with self.lock:
+            for name, value in seconds.items():
+                setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, float]:
         ratio = self.raw_bytes / self.wire_bytes if self.wire_bytes else 0.0
@@ -289,19 +304,20 @@ def quantized_hook(state: QuantizedCommState, bucket: dist.GradBucket) -> Future
     stats.buckets += 1
     stats.raw_bytes += tensor.numel() * tensor.element_size()
     if tensor.numel() < state.min_compress_numel:
-        return _allreduce_float(state, tensor, torch.float32)
+        return _allreduce_float(state, bucket, torch.float32)
     q = state.quantizer
     if isinstance(q, FloatQuantizer):
-        return _allreduce_float(state, tensor, q.wire_dtype)
+        return _allreduce_float(state, bucket, q.wire_dtype)
     if isinstance(q, GlobalQSGD):
         return _allreduce_global(state, bucket, tensor, q)
     return _allgather_payloads(state, bucket, tensor, q)
 
 
 def _allreduce_float(
-    state: QuantizedCommState, tensor: torch.Tensor, dtype: torch.dtype
+    state: QuantizedCommState, bucket: dist.GradBucket, dtype: torch.dtype
 ) -> Future[torch.Tensor]:
     start = time.perf_counter()
+    tensor = bucket.buffer()
     world = state.world_size
     if dtype == torch.float16:  # divide first, as PyTorch's fp16 hook does, so sums fit
         wire = tensor.to(dtype).div_(world)
@@ -310,7 +326,7 @@ def _allreduce_float(
         wire = tensor.to(dtype)
         decode = lambda summed: summed.float().div_(world)  # noqa: E731
     state.current.encode_s += time.perf_counter() - start
-    return _launch(state, wire, decode, tensor, dist.ReduceOp.SUM)
+    return _launch(state, bucket, wire, decode, dist.ReduceOp.SUM)
 
 
 def _allreduce_global(
@@ -324,7 +340,7 @@ def _allreduce_global(
     state.current.encode_s += time.perf_counter() - start
     start = time.perf_counter()
     dist.all_reduce(scale, op=dist.ReduceOp.MAX, group=state.process_group)  # tiny, waited for
-    state.current.communicate_s += time.perf_counter() - start
+    state.current.add_times(communicate_s=time.perf_counter() - start)
     state.current.wire_bytes += scale.numel() * scale.element_size()
     start = time.perf_counter()
     gen = state.generator(tensor.device)
@@ -336,7 +352,7 @@ def _allreduce_global(
     def decode(summed: torch.Tensor) -> torch.Tensor:
         return q.decode(q.summed(payload, summed, state.world_size))
 
-    return _launch(state, payload.data, decode, tensor, dist.ReduceOp.SUM)
+    return _launch(state, bucket, payload.data, decode, dist.ReduceOp.SUM)
 
 
 def _allgather_payloads(
@@ -359,14 +375,14 @@ def _allgather_payloads(
             total += q.decode(payload.read_wire(row))
         return total.div_(state.world_size)
 
-    return _launch(state, wire, decode, tensor, None)
+    return _launch(state, bucket, wire, decode, None)
 
 
 def _launch(
     state: QuantizedCommState,
+    bucket: dist.GradBucket,
     wire: torch.Tensor,
     decode: Callable[[torch.Tensor], torch.Tensor],
-    bucket_buffer: torch.Tensor,
     op: dist.ReduceOp | None,
 ) -> Future[torch.Tensor]:
     """Start one collective on ``wire`` (allreduce with ``op``, else allgather).
@@ -375,6 +391,7 @@ def _launch(
     into the bucket's buffer.
     """
     stats, group, world = state.current, state.process_group, state.world_size
+    bucket_buffer, index = bucket.buffer(), bucket.index()
     stats.wire_bytes += wire.numel() * wire.element_size()
     start = time.perf_counter()
     if op is None:
@@ -387,11 +404,12 @@ def _launch(
 
     def finish(_: Future[Any]) -> torch.Tensor:
         decode_start = time.perf_counter()
-        stats.communicate_s += decode_start - start
         bucket_buffer.copy_(decode(result))
         if state.policy is not None:  # DQ-SGD decides from the shared aggregated norm
-            stats.grad_sq_norm += float(bucket_buffer.float().pow(2).sum())
-        stats.decode_s += time.perf_counter() - decode_start
+            stats.bucket_sq_norms[index] = float(bucket_buffer.float().pow(2).sum())
+        stats.add_times(
+            communicate_s=decode_start - start, decode_s=time.perf_counter() - decode_start
+        )
         return bucket_buffer
 
     return work.get_future().then(finish)
@@ -442,7 +460,7 @@ def _count(state: QuantizedCommState, tensor: torch.Tensor, wire_bytes: int) -> 
 
 def _timed(stats: StepStats, start: float) -> Callable[[Future[Any]], torch.Tensor]:
     def done(future: Future[Any]) -> torch.Tensor:
-        stats.communicate_s += time.perf_counter() - start
+        stats.add_times(communicate_s=time.perf_counter() - start)
         value = future.value()
         return value[0] if isinstance(value, list) else value
 

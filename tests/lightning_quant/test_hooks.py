@@ -136,3 +136,45 @@ def test_settings_are_checked_before_training() -> None:
         module = torch.nn.Module()
         module.weight = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))
         QuantizedCommState("qsgd").bind(module)
+
+
+class FakeBucket:
+    """Just enough of dist.GradBucket for the error-feedback bookkeeping."""
+
+    def __init__(self, index: int, params: list[torch.nn.Parameter]) -> None:
+        self._index, self._params = index, params
+
+    def index(self) -> int:
+        return self._index
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return self._params
+
+
+def test_comm_state_round_trips_and_residuals_survive_a_new_bucket_layout() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    params = list(model.parameters())
+    state = QuantizedCommState("dqsgd", error_feedback=True, seed=3).bind(model)
+    state.policy.choose(None)
+    state.policy.choose(2.5)
+    state.generator(torch.device("cpu")).manual_seed(99)
+    one_bucket = FakeBucket(0, params)
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    state.store_residual(one_bucket, flat, torch.zeros_like(flat))  # residual = flat
+    saved = state.state_dict()
+
+    restored = QuantizedCommState("dqsgd", error_feedback=True, seed=3).bind(model)
+    restored.load_state_dict(saved)
+    assert restored.policy.state_dict() == state.policy.state_dict()
+    assert torch.equal(
+        restored.generator(torch.device("cpu")).get_state(),
+        state.generator(torch.device("cpu")).get_state(),
+    )
+    # after DDP's rebuild: two buckets holding the parameters in another order
+    second, first = FakeBucket(0, params[2:]), FakeBucket(1, params[:2])
+    zeros_a = torch.zeros(sum(p.numel() for p in params[2:]))
+    zeros_b = torch.zeros(sum(p.numel() for p in params[:2]))
+    expected_a = torch.cat([p.detach().reshape(-1) for p in params[2:]])
+    expected_b = torch.cat([p.detach().reshape(-1) for p in params[:2]])
+    assert torch.equal(restored.add_residual(second, zeros_a), expected_a)
+    assert torch.equal(restored.add_residual(first, zeros_b), expected_b)

@@ -31,6 +31,7 @@ def run_ranks(
     target: str, world_size: int, workdir: Path, timeout: float = 240, **kwargs: Any
 ) -> list[Any]:
     """Run ``target`` ("module:function") on ``world_size`` ranks; return their results."""
+    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     procs = []
     for rank in range(world_size):
