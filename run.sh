@@ -43,6 +43,7 @@ case "${1:-}" in
         system_packages
         shift
         "$VENV/bin/ruff" check .
+        "$VENV/bin/mypy"
         exec "$VENV/bin/python" -m pytest -n 2 -q "$@"
         ;;
     *)

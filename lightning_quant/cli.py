@@ -215,7 +215,7 @@ def demo(
         typer.secho(f"\n  dashboard: {dashboard_url}\n  REST API:  {api_url}/docs", bold=True)
         if serve_forever:
             typer.echo("serving until Ctrl-C")
-            signal.signal(signal.SIGTERM, lambda *_: stop() or sys.exit(0))
+            signal.signal(signal.SIGTERM, _exit_on_signal)
             while all(p.poll() is None for p in processes):
                 time.sleep(1)
             _fail(ServiceError(f"a service stopped; see {logs}/"))
@@ -225,6 +225,10 @@ def demo(
         typer.echo("\nstopping")
     finally:
         stop()
+
+
+def _exit_on_signal(*_: object) -> None:
+    raise KeyboardInterrupt  # the demo's finally block stops the services
 
 
 if __name__ == "__main__":

@@ -383,7 +383,7 @@ def _launch(
     bucket: dist.GradBucket,
     wire: torch.Tensor,
     decode: Callable[[torch.Tensor], torch.Tensor],
-    op: dist.ReduceOp | None,
+    op: dist.ReduceOp.RedOpType | None,
 ) -> Future[torch.Tensor]:
     """Start one collective on ``wire`` (allreduce with ``op``, else allgather).
 
@@ -428,7 +428,7 @@ def torch_fp16_hook(state: QuantizedCommState, bucket: dist.GradBucket) -> Futur
     tensor = bucket.buffer()
     _count(state, tensor, wire_bytes=tensor.numel() * 2)
     start = time.perf_counter()
-    future = default_hooks.fp16_compress_hook(state.process_group, bucket)
+    future = default_hooks.fp16_compress_hook(state.process_group, bucket)  # type: ignore[arg-type]
     return future.then(_timed(state.current, start))
 
 

@@ -157,7 +157,7 @@ class QuantizedDDPStrategy(DDPStrategy):
 
     def _estimated_steps(self) -> int | None:
         try:
-            steps = self.lightning_module.trainer.estimated_stepping_batches
+            steps = self.lightning_module.trainer.estimated_stepping_batches  # type: ignore[union-attr]
         except Exception:  # no trainer attached or an unsized loader
             return None
         return int(steps) if steps != float("inf") and steps > 0 else None
@@ -178,6 +178,7 @@ class QuantizedDDPStrategy(DDPStrategy):
         stats["step_s"] = now - self._step_started if self._step_started is not None else 0.0
         self._step_started = now
         self.stats_history.append(stats)
+        assert self.lightning_module is not None
         trainer = self.lightning_module.trainer
         if self.is_global_zero:
             metrics = {f"comm/{k}": float(v) for k, v in stats.items() if k != "step"}
