@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine with Python 3.11:
-#   ./run.sh demo   install, then start the API + dashboard and run a short comparison sweep
-#   ./run.sh test   install (with test tools and a headless browser), then run the test suite
+#   ./run.sh demo     install, then start the API + dashboard and run a short comparison sweep
+#   ./run.sh test     install (with test tools and a headless browser), then run the test suite
+#   ./run.sh install  only install (what the Dockerfile does)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,6 +34,9 @@ system_packages() {
 }
 
 case "${1:-}" in
+    install)
+        install
+        ;;
     demo)
         install
         shift
@@ -47,7 +51,7 @@ case "${1:-}" in
         exec "$VENV/bin/python" -m pytest -n 2 -q "$@"
         ;;
     *)
-        echo "usage: ./run.sh demo | ./run.sh test" >&2
+        echo "usage: ./run.sh demo | ./run.sh test | ./run.sh install" >&2
         exit 2
         ;;
 esac

@@ -89,14 +89,14 @@ def _dashboard_script() -> str:
     return spec.origin
 
 
-def _api_argv(port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", HOST, "--port", str(port)]
+def _api_argv(port: int, host: str = HOST) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)]
 
 
-def _dashboard_argv(port: int, api_url: str) -> list[str]:
+def _dashboard_argv(port: int, api_url: str, host: str = HOST) -> list[str]:
     return [
         sys.executable, "-m", "streamlit", "run", _dashboard_script(),
-        "--server.port", str(port), "--server.address", HOST,
+        "--server.port", str(port), "--server.address", host,
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
         "--", "--api-url", api_url,
     ]  # fmt: skip
@@ -126,13 +126,14 @@ def serve(
 @app.command()
 def dashboard(
     port: int = typer.Option(8501, help="port of the dashboard"),
+    host: str = typer.Option(HOST, help="address to listen on"),
     api_url: str = typer.Option("http://127.0.0.1:8000", help="the REST API to read"),
 ) -> None:
     """Serve the Streamlit dashboard, reading runs from the REST API."""
     try:
         _require("streamlit", "altair")
         _check_port_free(port, "dashboard", "--port")
-        os.execv(sys.executable, _dashboard_argv(port, api_url))
+        os.execv(sys.executable, _dashboard_argv(port, api_url, host))
     except ServiceError as error:
         _fail(error)
 
@@ -171,6 +172,7 @@ def demo(
     bits: str = typer.Option("4,8", help="comma list of bit widths"),
     data_dir: Annotated[Path, typer.Option(help="where the SQLite file lives")] = Path("data"),
     serve_forever: bool = typer.Option(True, "--serve/--no-serve", help="keep serving after"),
+    host: str = typer.Option(HOST, help="address the API and dashboard listen on"),
 ) -> None:
     """Start the API and dashboard, train every scheme on 2 CPU processes, keep serving."""
     logs = data_dir / "logs"
@@ -194,10 +196,10 @@ def demo(
         api_url = f"http://{HOST}:{api_port}"
         dashboard_url = f"http://{HOST}:{dashboard_port}"
         typer.echo(f"starting the API on {api_url} (database in {data_dir}/)")
-        processes.append(_start(_api_argv(api_port), logs / "api.log", env))
+        processes.append(_start(_api_argv(api_port, host), logs / "api.log", env))
         _wait_http(f"{api_url}/health", processes[-1], logs / "api.log", timeout=60)
         typer.echo(f"starting the dashboard on {dashboard_url}")
-        dashboard_argv = _dashboard_argv(dashboard_port, api_url)
+        dashboard_argv = _dashboard_argv(dashboard_port, api_url, host)
         processes.append(_start(dashboard_argv, logs / "dashboard.log", env))
         _wait_http(
             f"{dashboard_url}/_stcore/health", processes[-1], logs / "dashboard.log", timeout=90
