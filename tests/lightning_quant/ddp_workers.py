@@ -18,16 +18,21 @@ def _mlp(seed: int = 0) -> nn.Module:
     )
 
 
-def _ddp(model: nn.Module, many_buckets: bool) -> nn.parallel.DistributedDataParallel:
+def _ddp(
+    model: nn.Module, many_buckets: bool, device: str = "cpu"
+) -> nn.parallel.DistributedDataParallel:
     cap = 1e-4 if many_buckets else 25  # tiny buckets: about one per parameter
-    return nn.parallel.DistributedDataParallel(model, bucket_cap_mb=cap)
+    ids = [0] if device == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model.to(device), device_ids=ids, bucket_cap_mb=cap)
 
 
-def train_plain_ddp(scheme: str, many_buckets: bool, steps: int = 6, **settings) -> dict:
+def train_plain_ddp(
+    scheme: str, many_buckets: bool, steps: int = 6, device: str = "cpu", **settings
+) -> dict:
     """Train with the hook on plain DDP; return parameters, statistics and bucket sizes."""
-    dist.init_process_group("gloo")
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
     rank = dist.get_rank()
-    ddp = _ddp(_mlp(), many_buckets)
+    ddp = _ddp(_mlp(), many_buckets, device)
     state, hook = make_comm_hook(scheme, **settings)
     state.bind(ddp)
     numels: list[list[int]] = []
@@ -44,11 +49,12 @@ def train_plain_ddp(scheme: str, many_buckets: bool, steps: int = 6, **settings)
     stats = []
     for _ in range(steps):
         x, y = torch.randn(16, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        x, y = x.to(device), y.to(device)
         opt.zero_grad()
         nn.functional.cross_entropy(ddp(x), y).backward()
         opt.step()
         stats.append(state.compression_stats())
-    params = [p.detach().clone() for p in ddp.parameters()]
+    params = [p.detach().cpu().clone() for p in ddp.parameters()]
     del ddp, opt
     _shutdown()
     return {"params": params, "stats": stats, "numels": numels, "calls": state.calls}
