@@ -152,10 +152,9 @@ class QuantizedCommState:
         self.residuals: dict[int, _Residual] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._param_names: dict[int, str] = {}
-        self._pending: dict[str, Any] | None = None  # loaded state waiting for its buckets
+        self._restored: dict[str, torch.Tensor] = {}  # loaded residuals not yet re-attached
         # statistics
         self.current = StepStats()
-        self.history: list[dict[str, float]] = []
         self.calls = 0
         self._check_world_size()
 
@@ -194,7 +193,6 @@ class QuantizedCommState:
         if bucket.index() != 0:
             return
         if self.current.buckets:
-            self.history.append(self.current.as_dict())
             self.step += 1
             self.last_grad_norm = math.sqrt(self.current.grad_sq_norm)
         self.current = StepStats(step=self.step)
@@ -234,6 +232,8 @@ class QuantizedCommState:
     ) -> None:
         keys, sizes = self._layout(bucket)
         self.residuals[bucket.index()] = _Residual(keys, sizes, target - sent)
+        for key in keys:
+            self._restored.pop(key, None)
 
     def _layout(self, bucket: dist.GradBucket) -> tuple[tuple[str, ...], tuple[int, ...]]:
         params = bucket.parameters()
@@ -242,9 +242,7 @@ class QuantizedCommState:
 
     def _pieces_by_name(self) -> dict[str, torch.Tensor]:
         """Split every stored residual back into per-parameter pieces (layout-free)."""
-        pieces: dict[str, torch.Tensor] = {}
-        if self._pending is not None:
-            pieces.update(self._pending.get("residuals", {}))
+        pieces = dict(self._restored)
         for memory in self.residuals.values():
             if sum(memory.sizes) == memory.values.numel():
                 pieces.update(
@@ -265,7 +263,6 @@ class QuantizedCommState:
             "policy": self.policy.state_dict() if self.policy is not None else None,
             "residuals": {k: v.detach().cpu().clone() for k, v in self._pieces_by_name().items()},
             "generators": {str(d): g.get_state() for d, g in self._generators.items()},
-            "history": list(self.history),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -283,10 +280,9 @@ class QuantizedCommState:
         for name, gen_state in state.get("generators", {}).items():
             self.generator(torch.device(name)).set_state(gen_state)
         self.residuals.clear()
-        self._pending = {"residuals": dict(state.get("residuals", {}))}
+        self._restored = dict(state.get("residuals", {}))
         self.last_grad_norm = state.get("last_grad_norm")
         self.current = StepStats(step=self.step)
-        self.history = list(state.get("history", []))
 
 
 # --- the hook -------------------------------------------------------------------------------

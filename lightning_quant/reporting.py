@@ -407,18 +407,18 @@ class RunReporter(Callback):
     ) -> None:
         if self.client is None:
             return
-        history = getattr(trainer.strategy, "stats_history", [])
-        stepped = len(history) > self._seen_stats
+        recorded = getattr(trainer.strategy, "steps_recorded", 0)
+        stepped = recorded > self._seen_stats
         values: dict[str, float] = {}
         if stepped:
-            stats = history[-1]
-            self._seen_stats = len(history)
+            self._seen_stats = recorded
+            stats = trainer.strategy.stats_history[-1]  # type: ignore[attr-defined]
             values.update({k: v for k, v in stats.items() if k != "step"})
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             values["loss"] = float(loss.detach())
             self._summary["final_loss"] = values["loss"]
-        if stepped or not history:
+        if stepped or not recorded:
             self.client.log_metrics(trainer.global_step, values, epoch=trainer.current_epoch)
 
     @override
@@ -466,20 +466,19 @@ class RunReporter(Callback):
             self.spooled = self.client.spooled
 
     def _final_summary(self, trainer: L.Trainer) -> dict[str, Any]:
-        history = getattr(trainer.strategy, "stats_history", [])
+        steps = getattr(trainer.strategy, "steps_recorded", 0)
         summary = {k: v for k, v in self._summary.items() if v is not None}
-        if history:
-            raw = sum(s["raw_bytes"] for s in history)
-            wire = sum(s["wire_bytes"] for s in history)
-            n = len(history)
+        if steps:
+            totals = trainer.strategy.totals  # type: ignore[attr-defined]
+            raw, wire = totals["raw_bytes"], totals["wire_bytes"]
             summary.update(
                 total_raw_bytes=int(raw),
                 total_wire_bytes=int(wire),
                 compression_ratio=raw / wire if wire else None,
-                mean_step_s=sum(s.get("step_s", 0.0) for s in history[1:]) / max(n - 1, 1),
-                mean_encode_s=sum(s["encode_s"] for s in history) / n,
-                mean_communicate_s=sum(s["communicate_s"] for s in history) / n,
-                mean_decode_s=sum(s["decode_s"] for s in history) / n,
+                mean_step_s=totals["step_s"] / steps,
+                mean_encode_s=totals["encode_s"] / steps,
+                mean_communicate_s=totals["communicate_s"] / steps,
+                mean_decode_s=totals["decode_s"] / steps,
             )
         summary["summary"] = {
             "steps": trainer.global_step,

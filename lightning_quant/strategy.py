@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import torch.distributed as dist
@@ -35,6 +36,8 @@ __all__ = ["CHECKPOINT_KEY", "QuantizedDDPStrategy", "STRATEGY_NAMES"]
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "lightning_quant"
+HISTORY_STEPS = 100_000  # per-step figures kept in memory; totals cover the whole run
+SUMMED = ("raw_bytes", "wire_bytes", "encode_s", "communicate_s", "decode_s", "step_s")
 SINGLE_BUCKET_MB = 100_000  # PowerSGD's hook is only safe on gloo with one bucket
 
 
@@ -57,8 +60,9 @@ class QuantizedDDPStrategy(DDPStrategy):
             ``bucket_cap_mb``, ``find_unused_parameters``...).
 
     DQ-SGD's ``total_steps`` defaults to the trainer's estimated optimizer steps. Every
-    optimizer step's communication figures are logged from rank zero under ``comm/`` and
-    kept in :attr:`stats_history`; :meth:`compression_stats` gives the latest.
+    optimizer step's communication figures are logged from rank zero under ``comm/``, kept
+    in :attr:`stats_history` (the last 100,000 steps) and added up in :attr:`totals`;
+    :meth:`compression_stats` gives the latest.
     """
 
     strategy_name = "ddp_quantized"
@@ -92,7 +96,9 @@ class QuantizedDDPStrategy(DDPStrategy):
         self.report_to = report_to
         self.powersgd_rank = powersgd_rank
         self.comm_state: QuantizedCommState | None = None
-        self.stats_history: list[dict[str, float]] = []
+        self.stats_history: deque[dict[str, float]] = deque(maxlen=HISTORY_STEPS)
+        self.steps_recorded = 0
+        self.totals: dict[str, float] = dict.fromkeys(SUMMED, 0.0)
         self._pending_state: dict[str, Any] | None = None
         self._step_started: float | None = None
 
@@ -175,9 +181,12 @@ class QuantizedDDPStrategy(DDPStrategy):
             return
         now = time.perf_counter()
         stats = self.comm_state.compression_stats()
-        stats["step_s"] = now - self._step_started if self._step_started is not None else 0.0
+        stats["step_s"] = now - (self._step_started or now)
         self._step_started = now
         self.stats_history.append(stats)
+        self.steps_recorded += 1
+        for name in SUMMED:
+            self.totals[name] += stats[name]
         assert self.lightning_module is not None
         trainer = self.lightning_module.trainer
         if self.is_global_zero:
@@ -218,6 +227,11 @@ class QuantizedDDPStrategy(DDPStrategy):
             else:
                 self._pending_state = own
         return checkpoint
+
+    @override
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._step_started = time.perf_counter()  # the first step's time starts here
 
     @override
     def teardown(self) -> None:

@@ -89,7 +89,7 @@ def fit_digits(
     return {
         "spooled": reporters[0].spooled if reporters else 0,
         "params": [p.detach().clone() for p in model.parameters()],
-        "stats": used.stats_history,
+        "stats": list(used.stats_history),
         "calls": state.calls,
         "bits_history": list(state.policy.history) if state.policy else [],
         "test_acc": tested["test_acc"],
