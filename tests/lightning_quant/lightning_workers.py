@@ -30,6 +30,7 @@ def fit_digits(
     step_sleep: float = 0.0,
     spool_dir: str | None = None,
     quantizer_config: dict | None = None,
+    static_graph: bool = False,
 ) -> dict:
     """Train the digits MLP on every rank (one node each) and return what the tests check."""
     world = int(os.environ["WORLD_SIZE"])
@@ -50,6 +51,7 @@ def fit_digits(
             process_group_backend="gloo",
             report_to=report_to,
             quantizer_config=quantizer_config,
+            static_graph=static_graph,
         )
     callbacks: list = [_Sleep(step_sleep)] if step_sleep else []
     if report_to:

@@ -125,3 +125,9 @@ def test_bad_settings_fail_at_construction() -> None:
         QuantizedDDPStrategy("qsgd", bits=12)
     with pytest.raises(ValueError, match="one of"):
         QuantizedDDPStrategy("global_qsgd", bits=5)
+
+
+def test_static_graph(tmp_path) -> None:
+    results = run_ranks(FIT, 2, tmp_path, scheme="qsgd", epochs=1, static_graph=True)
+    assert_identical(results)
+    assert results[0]["calls"] == sum(s["buckets"] for s in results[0]["stats"]) > 0
