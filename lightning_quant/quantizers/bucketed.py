@@ -12,6 +12,11 @@ Wire size of a tensor of ``d`` elements::
 
 Non-finite input is never hidden: a bucket holding NaN or Inf has a non-finite scale and
 decodes to non-finite values, so a mixed-precision loss scaler still sees the overflow.
+
+CPU tensors go through the fused kernels of :mod:`lightning_quant.quantizers.kernels`
+(one pass, multi-threaded, counter-based noise); CUDA tensors, and CPU tensors where the
+kernels are unavailable, take the eager path below (``encode_eager`` / ``decode_eager``),
+which is also the reference the kernels are tested against. Both write the same layout.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import ClassVar
 import torch
 
 from lightning_quant.packing import pack, packed_nbytes, unpack
+from lightning_quant.quantizers import kernels
 from lightning_quant.quantizers.base import SCALE_DTYPE, Payload, Quantizer, QuantizerConfig
 
 __all__ = ["BucketConfig", "BucketedQuantizer", "exponential_levels", "uniform_levels"]
@@ -96,10 +102,28 @@ class BucketedQuantizer(Quantizer):
             generator: random stream for the stochastic rounding (default: torch's global one).
             bits: override the configured width (DQ-SGD's per-step choice).
         """
-        bits = self.config.bits if bits is None else bits
-        check_bits(bits)
-        if not tensor.is_floating_point():
-            raise TypeError(f"{self.name} encodes floating-point tensors, got {tensor.dtype}")
+        bits = self._check_input(tensor, bits)
+        if not kernels.supports(tensor):
+            return self.encode_eager(tensor, generator, bits)
+        data, scales = kernels.encode_buckets(
+            tensor,
+            bits=bits,
+            bucket_size=self.config.bucket_size,
+            levels=self.levels(bits),
+            exponential=self.exponential,
+            inf_norm=self.norm == "inf",
+            generator=generator,
+        )
+        return self._payload(tensor, data, scales, bits)
+
+    def encode_eager(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None = None,
+        bits: int | None = None,
+    ) -> Payload:
+        """Quantize with plain torch ops on any device: the reference for the fused kernels."""
+        bits = self._check_input(tensor, bits)
         numel, size = tensor.numel(), self.config.bucket_size
         rows = _bucket_rows(tensor.detach().reshape(-1).float(), size)
         scales = self._scales(rows)
@@ -108,28 +132,70 @@ class BucketedQuantizer(Quantizer):
         noise = torch.rand(rows.shape, generator=generator, device=rows.device)
         magnitude = self._round(ratio, self.levels(bits), noise)
         codes = magnitude | (rows < 0).to(torch.uint8) << (bits - 1)
-        return Payload(
-            data=pack(codes.reshape(-1)[:numel], bits),
-            scales=scales.to(SCALE_DTYPE),
-            shape=tensor.shape,
-            numel=numel,
-            dtype=tensor.dtype,
-            bits=bits,
-            levels=self.levels(bits),
-        )
+        return self._payload(tensor, pack(codes.reshape(-1)[:numel], bits), scales, bits)
 
-    def decode(self, payload: Payload) -> torch.Tensor:
+    def decode(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rebuild the tensor of ``payload``.
+
+        Args:
+            payload: what :meth:`encode` returned (or its bytes read back from the wire).
+            out: optional tensor of ``payload.numel`` elements to write the result into
+                (a DDP bucket, say); a contiguous ``float32`` CPU ``out`` is filled by the
+                fused kernel directly, with no temporary.
+
+        Returns:
+            ``out`` if given, else a new tensor of the payload's shape and dtype.
+        """
+        if not kernels.supports(payload.data):
+            return self.decode_eager(payload, out)
+        target = kernels.writable_f32(out, payload.numel)
+        values = kernels.decode_buckets(
+            payload.data,
+            payload.scales,
+            bits=payload.bits,
+            bucket_size=self.config.bucket_size,
+            levels=payload.levels,
+            exponential=self.exponential,
+            numel=payload.numel,
+            out=target,
+        )
+        return kernels.finish_decode(values, payload, out)
+
+    def decode_eager(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode with plain torch ops on any device: the reference for the fused kernels."""
         bits, size = payload.bits, self.config.bucket_size
         codes = _bucket_rows(unpack(payload.data, bits, payload.numel), size)
         magnitude = self._level_values(codes & ((1 << (bits - 1)) - 1), payload.levels)
         sign = 1.0 - 2.0 * (codes >> (bits - 1)).float()
         values = magnitude * sign * payload.scales.unsqueeze(1)
-        return values.reshape(-1)[: payload.numel].to(payload.dtype).reshape(payload.shape)
+        return kernels.finish_decode(values.reshape(-1)[: payload.numel], payload, out)
+
+    def _check_input(self, tensor: torch.Tensor, bits: int | None) -> int:
+        bits = self.config.bits if bits is None else bits
+        check_bits(bits)
+        if not tensor.is_floating_point():
+            raise TypeError(f"{self.name} encodes floating-point tensors, got {tensor.dtype}")
+        return bits
+
+    def _payload(
+        self, tensor: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, bits: int
+    ) -> Payload:
+        return Payload(
+            data=data,
+            scales=scales.to(SCALE_DTYPE),
+            shape=tensor.shape,
+            numel=tensor.numel(),
+            dtype=tensor.dtype,
+            bits=bits,
+            levels=self.levels(bits),
+        )
 
     def _scales(self, rows: torch.Tensor) -> torch.Tensor:
         if self.norm == "inf":
             return rows.abs().amax(dim=1)
-        return torch.linalg.vector_norm(rows, dim=1)
+        # Sum the squares in float64 (exact squares, no overflow for finite float32), as
+        # the fused kernels do, and round once: both paths give the same scales.
+        return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).to(SCALE_DTYPE)
 
     def _round(self, ratio: torch.Tensor, s: int, noise: torch.Tensor) -> torch.Tensor:
         """Round ``ratio`` in ``[0, 1]`` to a neighbouring level index, unbiasedly."""

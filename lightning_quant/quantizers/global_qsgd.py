@@ -18,6 +18,10 @@ both have it; gloo has no int16) adds lane by lane without carries as long as
 can overflow when it is not an integer.
 
 Wire size of a tensor of ``d`` elements: ``ceil(d * bits / 8) + 4`` (the shared scale).
+
+CPU tensors go through the fused kernels of :mod:`lightning_quant.quantizers.kernels`
+(counter-based noise, one pass); CUDA tensors take the eager path (``encode_eager`` /
+``decode_eager``), the reference the kernels are tested against. Same layout either way.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_quant.packing import pack, packed_nbytes, unpack
+from lightning_quant.quantizers import kernels
 from lightning_quant.quantizers.base import (
     SCALE_DTYPE,
     Payload,
@@ -113,20 +118,47 @@ class GlobalQSGD(Quantizer):
                 this tensor's own max, i.e. a single worker).
             world_size: number of workers whose payloads will be summed.
         """
+        return self._encode(tensor, generator, scale, world_size, fused=kernels.supports(tensor))
+
+    def encode_eager(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None = None,
+        scale: float | torch.Tensor | None = None,
+        world_size: int = 1,
+    ) -> Payload:
+        """Quantize with plain torch ops on any device: the reference for the fused kernels."""
+        return self._encode(tensor, generator, scale, world_size, fused=False)
+
+    def _encode(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None,
+        scale: float | torch.Tensor | None,
+        world_size: int,
+        fused: bool,
+    ) -> Payload:
         if not tensor.is_floating_point():
             raise TypeError(f"global_qsgd encodes floating-point tensors, got {tensor.dtype}")
         bits = self.config.bits
         s = worker_levels(bits, world_size)
         flat = tensor.detach().reshape(-1).float()
-        if scale is None:
+        if scale is None and fused:
+            scale = kernels.max_abs(flat)
+        elif scale is None:
             scale = flat.abs().amax() if flat.numel() else flat.new_zeros(())
         scale = torch.as_tensor(scale, dtype=SCALE_DTYPE, device=flat.device).reshape(1)
         inverse = torch.where(scale > 0, scale.reciprocal(), torch.zeros_like(scale))
-        ratio = (flat * inverse).nan_to_num_(nan=0.0).clamp_(-1.0, 1.0)
-        noise = torch.rand(flat.shape, generator=generator, device=flat.device)
-        lanes = (ratio * s + noise).floor_().add_(s).to(torch.uint8)
+        if fused:
+            data = kernels.encode_shared(
+                flat, bits=bits, levels=s, inverse=inverse.item(), generator=generator
+            )
+        else:
+            ratio = (flat * inverse).nan_to_num_(nan=0.0).clamp_(-1.0, 1.0)
+            noise = torch.rand(flat.shape, generator=generator, device=flat.device)
+            data = pack((ratio * s + noise).floor_().add_(s).to(torch.uint8), bits)
         return Payload(
-            data=pack(lanes, bits),
+            data=data,
             scales=scale,
             shape=tensor.shape,
             numel=tensor.numel(),
@@ -148,9 +180,29 @@ class GlobalQSGD(Quantizer):
             summands=summands,
         )
 
-    def decode(self, payload: Payload) -> torch.Tensor:
-        """Return the mean of the ``payload.summands`` workers' estimates."""
+    def decode(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the mean of the ``payload.summands`` workers' estimates.
+
+        Args:
+            payload: an encoded payload, or :meth:`summed`'s view of the reduced lanes.
+            out: optional tensor of ``payload.numel`` elements to write the result into; a
+                contiguous ``float32`` CPU ``out`` is filled by the fused kernel directly.
+        """
+        if not kernels.supports(payload.data):
+            return self.decode_eager(payload, out)
+        values = kernels.decode_shared(
+            payload.data,
+            bits=payload.bits,
+            numel=payload.numel,
+            offset=payload.summands * payload.levels,
+            step=payload.scales / (payload.levels * payload.summands),
+            out=kernels.writable_f32(out, payload.numel),
+        )
+        return kernels.finish_decode(values, payload, out)
+
+    def decode_eager(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode with plain torch ops on any device: the reference for the fused kernels."""
         lanes = unpack(payload.data, payload.bits, payload.numel).float()
         signed = lanes - payload.summands * payload.levels
         step = payload.scales / (payload.levels * payload.summands)
-        return (signed * step).to(payload.dtype).reshape(payload.shape)
+        return kernels.finish_decode(signed * step, payload, out)

@@ -1,0 +1,426 @@
+"""Numba kernels behind :mod:`lightning_quant.quantizers.kernels` (imported lazily).
+
+Everything here works on flat NumPy views of contiguous CPU tensors. Each element goes
+through the eager path's ``float32`` operations in the same order, so the two paths differ
+only in where the uniform noise comes from:
+
+* noise: 24-bit uniforms from a counter-based stream, ``splitmix64(key + (i // 2 + 1) *
+  GAMMA)`` for element ``i`` (two elements per hash, see :func:`uniforms`), keyed by one
+  64-bit draw from the caller's ``torch.Generator``. Indexed by the element's position in
+  the tensor, so the payload does not depend on how the work is split over threads;
+* codes: the magnitude level index with the sign in the top bit (Global-QSGD: the offset
+  lane ``level + s``);
+* packing: code ``i`` at bits ``[i*b, (i+1)*b)`` of the byte stream, as ``packing.pack``.
+
+Work is cut into tasks of whole buckets that start on a byte boundary, so a thread takes a
+bucket's norm, quantizes the bucket while it is still in cache and packs it: one pass
+over the input. Buckets too large for a task take two passes (partial norms of pieces,
+then quantize). Every driver runs a range of tasks and releases the GIL; the caller
+spreads ranges over threads. Inner loops run over slices (no index arithmetic that could
+be negative), which lets LLVM vectorize them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+UNIFORM, EXPONENTIAL, SIGNED = 0, 1, 2  # level sets: QSGD's, NUQSGD's, Global-QSGD's lanes
+TASK = 1 << 15  # elements per task: a task's codes stay in L1/L2
+PIECE = 1 << 15  # elements per partial norm of a bucket larger than a task
+NOISE = 1 << 10  # uniforms drawn at a time (4 KiB of scratch)
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_TO_UNIT = np.float32(2.0**-24)
+_ABS_MASK = np.uint32(0x7FFFFFFF)
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    """Reinterpret a ``float32`` as its ``uint32`` bit pattern."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, x):
+    """Reinterpret the low 32 bits of an integer as a ``float32``."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if x.bitwidth > 32:
+            value = builder.trunc(value, ir.IntType(32))
+        elif x.bitwidth < 32:
+            value = builder.zext(value, ir.IntType(32))
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(x), codegen
+
+
+@njit(inline="always")
+def _mix(state):
+    """splitmix64's finalizer: a bijection of 64-bit words with full avalanche."""
+    z = (state ^ (state >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always")
+def _high(z):
+    return np.float32(np.uint32(z >> np.uint64(40))) * _TO_UNIT
+
+
+@njit(inline="always")
+def _low(z):
+    return np.float32(np.uint32((z >> np.uint64(8)) & np.uint64(0xFFFFFF))) * _TO_UNIT
+
+
+@njit(cache=True, nogil=True)
+def uniforms(key, start, out):
+    """Fill ``out`` with the uniforms of elements ``start, start + 1, ...`` of stream ``key``.
+
+    Element ``i`` takes 24 bits of ``h = splitmix64(key + (i // 2 + 1) * GAMMA)``: the top
+    24 for even ``i``, bits 8 to 31 for odd ``i``. One hash serves two elements.
+    """
+    m = out.size
+    head = start & 1  # an odd start takes the low half of the pair it starts inside
+    state = key + np.uint64(start >> 1) * _GAMMA
+    if head and m:
+        state += _GAMMA
+        out[0] = _low(_mix(state))
+    pairs = (m - head) // 2
+    for p in range(pairs):
+        state += _GAMMA
+        z = _mix(state)
+        out[head + 2 * p] = _high(z)
+        out[head + 2 * p + 1] = _low(z)
+    if head + 2 * pairs < m:
+        state += _GAMMA
+        out[m - 1] = _high(_mix(state))
+
+
+# --- norms --------------------------------------------------------------------------------
+
+
+@njit(fastmath={"reassoc"}, cache=True, nogil=True)
+def _sum_squares(xs):
+    """Sum ``xs**2`` in ``float64``: squares are exact, only the order of the sum is free."""
+    acc = 0.0
+    for j in range(xs.size):
+        v = np.float64(xs[j])
+        acc += v * v
+    return acc
+
+
+@njit(cache=True, nogil=True)
+def _max_abs_bits(bits):
+    """Max of ``|x|`` taken on bit patterns: NaN beats Inf beats every finite value."""
+    m = np.uint32(0)
+    for j in range(bits.size):
+        m = max(m, np.uint32(bits[j] & _ABS_MASK))
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _inverse(scale):
+    return np.float32(1.0) / scale if scale > np.float32(0.0) else np.float32(0.0)
+
+
+# --- quantize one run of one bucket into codes --------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _quantize_uniform(xs, inv, s, noise, sign_bit, codes):
+    one, zero = np.float32(1.0), np.float32(0.0)
+    sf, top = np.float32(s), np.int32(s)
+    for j in range(xs.size):
+        v = xs[j]
+        r = abs(v) * inv
+        r = one if r > one else r
+        r = r if r == r else zero
+        q = np.int32(r * sf + noise[j])  # >= 0, so truncation is floor
+        q = q if q < top else top
+        codes[j] = np.uint8(q + sign_bit if v < zero else q)
+
+
+@njit(cache=True, nogil=True)
+def _quantize_exponential(xs, inv, s, noise, sign_bit, codes):
+    one, zero = np.float32(1.0), np.float32(0.0)
+    top = np.int32(s + 1)  # level j > 0 is 2**(j - top); level 0 is 0
+    smallest = np.float32(2.0**-s)
+    for j in range(xs.size):
+        v = xs[j]
+        r = abs(v) * inv
+        r = one if r > one else r
+        r = r if r == r else zero
+        # The lower neighbour: level floor(log2 r) + top, whose value 2**floor(log2 r) is r
+        # with its mantissa cleared; below level 1 it is level 0 (value 0). The gap to the
+        # upper neighbour equals the lower value (2**-s above level 0).
+        bits = _f32_bits(r)
+        lower = np.int32(bits >> np.uint32(23)) - np.int32(127) + top
+        low = _bits_f32(bits & np.uint32(0x7F800000))
+        base = low if lower > 0 else zero
+        gap = low if lower > 0 else smallest
+        lower = lower if lower > 0 else np.int32(0)
+        q = lower + np.int32(1) if noise[j] * gap < r - base else lower
+        q = q if q < top else top
+        codes[j] = np.uint8(q + sign_bit if v < zero else q)
+
+
+@njit(cache=True, nogil=True)
+def _quantize_signed(xs, inv, s, noise, codes):
+    one, zero = np.float32(1.0), np.float32(0.0)
+    sf = np.float32(s)
+    for j in range(xs.size):
+        r = xs[j] * inv
+        r = r if r == r else zero
+        r = one if r > one else r
+        r = -one if r < -one else r
+        codes[j] = np.uint8(np.int32(np.floor(r * sf + noise[j]) + sf))
+
+
+@njit(cache=True, nogil=True)
+def _quantize(mode, xs, inv, s, key, start, bits, codes, noise):
+    """Quantize the run ``xs`` (elements ``start, ...``) into ``codes``.
+
+    ``noise`` is scratch for ``NOISE`` uniforms: the run is drawn and rounded in chunks
+    of that many, so the noise never leaves L1.
+    """
+    sign_bit = np.int32(1 << (bits - 1))
+    for a in range(0, xs.size, NOISE):
+        b = min(a + NOISE, xs.size)
+        u = noise[: b - a]
+        uniforms(key, start + a, u)
+        if mode == UNIFORM:
+            _quantize_uniform(xs[a:b], inv, s, u, sign_bit, codes[a:b])
+        elif mode == EXPONENTIAL:
+            _quantize_exponential(xs[a:b], inv, s, u, sign_bit, codes[a:b])
+        else:
+            _quantize_signed(xs[a:b], inv, s, u, codes[a:b])
+
+
+# --- packing ------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _pack(codes, m, bits, out):
+    """Pack ``codes[:m]`` into ``out`` (``ceil(m * bits / 8)`` bytes).
+
+    ``codes`` must have room for ``m`` rounded up to a multiple of 8; the tail is zeroed.
+    """
+    padded = (m + 7) // 8 * 8
+    codes[m:padded] = 0
+    if bits == 8:
+        for j in range(out.size):
+            out[j] = codes[j]
+    elif bits == 4:
+        for j in range(out.size):
+            out[j] = codes[2 * j] | (codes[2 * j + 1] << np.uint8(4))
+    elif bits == 2:
+        for j in range(out.size):
+            out[j] = (
+                codes[4 * j]
+                | (codes[4 * j + 1] << np.uint8(2))
+                | (codes[4 * j + 2] << np.uint8(4))
+                | (codes[4 * j + 3] << np.uint8(6))
+            )
+    else:
+        for g in range(padded // 8):
+            word = np.uint64(0)
+            for k in range(8):
+                word |= np.uint64(codes[8 * g + k]) << np.uint64(bits * k)
+            for k in range(min(bits, out.size - g * bits)):
+                out[g * bits + k] = np.uint8((word >> np.uint64(8 * k)) & np.uint64(0xFF))
+
+
+@njit(cache=True, nogil=True)
+def _unpack(data, bits, codes):
+    """Unpack every code of ``data`` into ``codes`` (room for ``8 * ceil(len / bits)``)."""
+    if bits == 8:
+        for j in range(data.size):
+            codes[j] = data[j]
+    elif bits == 4:
+        for j in range(data.size):
+            byte = data[j]
+            codes[2 * j] = byte & np.uint8(0xF)
+            codes[2 * j + 1] = byte >> np.uint8(4)
+    elif bits == 2:
+        for j in range(data.size):
+            byte = data[j]
+            codes[4 * j] = byte & np.uint8(3)
+            codes[4 * j + 1] = (byte >> np.uint8(2)) & np.uint8(3)
+            codes[4 * j + 2] = (byte >> np.uint8(4)) & np.uint8(3)
+            codes[4 * j + 3] = byte >> np.uint8(6)
+    else:
+        mask = np.uint64((1 << bits) - 1)
+        for g in range((data.size + bits - 1) // bits):
+            word = np.uint64(0)
+            for k in range(min(bits, data.size - g * bits)):
+                word |= np.uint64(data[g * bits + k]) << np.uint64(8 * k)
+            for k in range(8):
+                codes[8 * g + k] = np.uint8((word >> np.uint64(bits * k)) & mask)
+
+
+# --- drivers: each runs a range of tasks, so that callers can spread tasks over threads ---
+
+
+def task_layout(n, size):
+    """Return ``(fused, tasks)`` for ``n`` elements in buckets of ``size``.
+
+    Fused tasks hold whole byte-aligned runs of buckets (norm, quantize and pack in one
+    pass); otherwise tasks are ``TASK`` elements and the norms come first, in pieces.
+    """
+    nb = -(-n // size)
+    group = 8 // math.gcd(size, 8)  # buckets per byte-aligned unit
+    unit = group * size
+    if unit > TASK:
+        return False, -(-n // TASK)
+    units = -(-nb // group)
+    return True, -(-units // (TASK // unit))
+
+
+@njit(cache=True, nogil=True)
+def fused_tasks(t0, t1, x, xbits, bits, size, s, mode, inf_norm, key, out, scales):
+    """Encode fused tasks ``t0 .. t1 - 1``: fill their ``scales`` and packed ``out`` bytes.
+
+    ``xbits`` is ``x`` viewed as ``uint32`` (for the max norm); ``mode`` picks the levels.
+    """
+    n = x.size
+    nb = scales.size
+    group = 8 // math.gcd(size, 8)
+    unit = group * size
+    per_task = TASK // unit
+    codes = np.empty(per_task * unit + 8, np.uint8)
+    noise = np.empty(NOISE, np.float32)
+    for t in range(t0, t1):
+        base = t * per_task * unit
+        end = min(base + per_task * unit, n)
+        for k in range(t * per_task * group, min((t + 1) * per_task * group, nb)):
+            a = k * size
+            b = min(a + size, n)
+            if inf_norm:
+                scale = _bits_f32(_max_abs_bits(xbits[a:b]))
+            else:
+                scale = np.float32(math.sqrt(_sum_squares(x[a:b])))
+            scales[k] = scale
+            _quantize(
+                mode, x[a:b], _inverse(scale), s, key, a, bits, codes[a - base : b - base], noise
+            )
+        _pack(codes, end - base, bits, out[base * bits // 8 : (end * bits + 7) // 8])
+
+
+@njit(cache=True, nogil=True)
+def norm_pieces(p0, p1, x, xbits, size, pieces, inf_norm, partial_squares, partial_max):
+    """Partial norms of pieces ``p0 .. p1 - 1``: each bucket is cut into ``pieces`` runs
+    of ``PIECE`` (the last ones may be short or empty)."""
+    n = x.size
+    for p in range(p0, p1):
+        a = (p // pieces) * size + (p % pieces) * PIECE
+        b = min(a + PIECE, (p // pieces + 1) * size, n)
+        if a < b:
+            if inf_norm:
+                partial_max[p] = _max_abs_bits(xbits[a:b])
+            else:
+                partial_squares[p] = _sum_squares(x[a:b])
+
+
+@njit(cache=True, nogil=True)
+def max_abs_pieces(p0, p1, xbits, partial_max):
+    """``partial_max[p]``: the max of ``|x|``'s bit patterns over piece ``p`` of ``PIECE``."""
+    for p in range(p0, p1):
+        partial_max[p] = _max_abs_bits(xbits[p * PIECE : (p + 1) * PIECE])
+
+
+@njit(cache=True, nogil=True)
+def combine_pieces(pieces, inf_norm, partial_squares, partial_max, scales, inverse):
+    """Fill ``scales`` and their inverses from the partial norms, piece by piece in order."""
+    for k in range(scales.size):
+        if inf_norm:
+            scale = _bits_f32(_max_abs_bits(partial_max[k * pieces : (k + 1) * pieces]))
+        else:
+            acc = 0.0
+            for j in range(k * pieces, (k + 1) * pieces):
+                acc += partial_squares[j]
+            scale = np.float32(math.sqrt(acc))
+        scales[k] = scale
+        inverse[k] = _inverse(scale)
+
+
+@njit(cache=True, nogil=True)
+def quantize_tasks(t0, t1, x, size, inverse, s, mode, key, bits, out):
+    """Quantize and pack tasks ``t0 .. t1 - 1`` of ``TASK`` elements, given the inverses."""
+    n = x.size
+    codes = np.empty(TASK + 8, np.uint8)
+    noise = np.empty(NOISE, np.float32)
+    for t in range(t0, t1):
+        base = t * TASK
+        end = min(base + TASK, n)
+        a = base
+        while a < end:
+            k = a // size
+            b = min((k + 1) * size, end)
+            _quantize(mode, x[a:b], inverse[k], s, key, a, bits, codes[a - base : b - base], noise)
+            a = b
+        _pack(codes, end - base, bits, out[base * bits // 8 : (end * bits + 7) // 8])
+
+
+@njit(cache=True, nogil=True)
+def decode_tasks(t0, t1, data, bits, size, s, mode, scales, offset, out):
+    """Write ``level(code i) * scales[i // size]`` for the elements of tasks ``t0 .. t1 - 1``.
+
+    ``mode`` UNIFORM: ``±(index / s)``; EXPONENTIAL: ``±2**(index - s - 1)`` (0 for index
+    0); SIGNED: ``code - offset``. Each in ``float32``, as the eager decoder computes it.
+    """
+    n = out.size
+    codes = np.empty(TASK + 8, np.uint8)
+    for t in range(t0, t1):
+        base = t * TASK
+        end = min(base + TASK, n)
+        _unpack(data[base * bits // 8 : (end * bits + 7) // 8], bits, codes)
+        a = base
+        while a < end:
+            k = a // size
+            b = min((k + 1) * size, end)
+            _levels(mode, codes[a - base : b - base], bits, s, scales[k], offset, out[a:b])
+            a = b
+
+
+# --- decode: level values -----------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _levels(mode, codes, bits, s, scale, offset, ys):
+    mask = np.int32((1 << (bits - 1)) - 1)
+    sign_bit = np.int32(1 << (bits - 1))
+    if mode == UNIFORM:
+        sf = np.float32(s)
+        for j in range(codes.size):
+            c = np.int32(codes[j])
+            m = np.float32(c & mask) / sf
+            ys[j] = (-m if c >= sign_bit else m) * scale
+    elif mode == EXPONENTIAL:
+        top = np.int32(s + 1)
+        zero = np.float32(0.0)
+        for j in range(codes.size):
+            c = np.int32(codes[j])
+            index = c & mask
+            m = _bits_f32(np.uint32((index - top + np.int32(127)) << np.int32(23)))
+            m = m if index > 0 else zero
+            ys[j] = (-m if c >= sign_bit else m) * scale
+    else:
+        off = np.float32(offset)
+        for j in range(codes.size):
+            ys[j] = (np.float32(codes[j]) - off) * scale
