@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "METRIC_NAMES",
+    "REPORTER_METRIC_NAMES",
     "SCHEMES",
     "metric_batch",
     "metric_points",
@@ -35,9 +36,13 @@ METRIC_NAMES = (
     "step_s",
     "bits",
 )
+# Everything the training reporter posts per optimizer step (plus accuracy): the names
+# above and the hook's compression ratio and bucket count. Pass ``names=`` to opt in.
+REPORTER_METRIC_NAMES = (*METRIC_NAMES, "compression_ratio", "buckets")
 
 PARAM_COUNT = 11_689_512  # ResNet-18
 BUCKET_SIZE = 512
+BUCKET_CAP_BYTES = 25 * 2**20  # DDP's default bucket_cap_mb
 
 
 def scheme_setup(scheme: str, bits: int | None = None) -> dict[str, Any]:
@@ -70,10 +75,23 @@ def _wire_fraction(scheme: str, bits: int) -> float:
     return bits / 32 + 1 / BUCKET_SIZE
 
 
+def _mean_step_s(scheme: str, bits: int) -> float:
+    """The expected step time of ``_curve``, which spaces the points' wall times."""
+    codec = 0.0 if scheme == "fp32" else 0.00425 + 0.00325
+    return 0.05 * 1.025 + codec + 4.0 * PARAM_COUNT * _wire_fraction(scheme, bits) / 1.25e9 * 1.05
+
+
+def _dqsgd_bits(progress: float) -> int:
+    """DQ-SGD's width over training: later steps get more levels (2 bits up to 8)."""
+    return min(8, 2 + int(7 * progress))
+
+
 def _curve(scheme: str, bits: int, step: int, steps: int, rng: random.Random) -> dict[str, float]:
     """One step's figures: loss falls and accuracy rises, a little worse with fewer bits."""
-    penalty = 0.0 if scheme == "fp32" else 0.3 / bits
     progress = step / max(steps - 1, 1)
+    if scheme == "dqsgd":
+        bits = _dqsgd_bits(progress)
+    penalty = 0.0 if scheme == "fp32" else 0.3 / bits
     loss = (2.3 * math.exp(-4 * progress) + 0.15 + penalty) * (1 + 0.03 * rng.gauss(0, 1))
     accuracy = min(0.99, (0.93 - penalty) * (1 - math.exp(-5 * progress)) + 0.1)
     raw = 4.0 * PARAM_COUNT
@@ -87,11 +105,13 @@ def _curve(scheme: str, bits: int, step: int, steps: int, rng: random.Random) ->
         "accuracy": max(accuracy, 0.0),
         "raw_bytes": raw,
         "wire_bytes": wire,
+        "compression_ratio": raw / wire,
         "encode_s": encode,
         "communicate_s": communicate,
         "decode_s": decode,
         "step_s": compute + encode + communicate + decode,
         "bits": float(bits),
+        "buckets": float(math.ceil(raw / BUCKET_CAP_BYTES)),
     }
 
 
@@ -121,7 +141,7 @@ def metric_points(
             {
                 "step": step,
                 "epoch": step // steps_per_epoch,
-                "wall_time": 1_700_000_000.0 + 0.06 * step,
+                "wall_time": 1_700_000_000.0 + _mean_step_s(scheme, bits) * step,
                 "values": {name: figures[name] for name in names},
             }
         )
@@ -226,9 +246,11 @@ def seed_runs(
     steps: int = 100,
     prefix: str = "/api/v1",
     headers: dict[str, str] | None = None,
+    names: tuple[str, ...] = METRIC_NAMES,
     **payload_overrides: Any,
 ) -> list[dict[str, Any]]:
-    """Create a finished run per scheme and seed, with ``steps`` steps of every metric.
+    """Create a finished run per scheme and seed, with ``steps`` steps of each of ``names``
+    (``REPORTER_METRIC_NAMES`` for everything the training reporter posts).
 
     ``client`` is anything with an httpx-style ``post``: a ``TestClient`` (keep the
     default ``prefix``) or ``ApiServer.client()`` (whose base URL already ends in
@@ -241,8 +263,8 @@ def seed_runs(
             response = client.post(f"{prefix}/runs", json=body, headers=headers)
             response.raise_for_status()
             run = response.json()
-            points = metric_points(scheme, steps=steps, bits=run["bits"], seed=seed)
-            per_batch = max(1, 9_000 // len(METRIC_NAMES))  # under the 10,000-value cap
+            points = metric_points(scheme, steps=steps, bits=run["bits"], seed=seed, names=names)
+            per_batch = max(1, 9_000 // len(names))  # under the 10,000-value cap
             for first in range(0, len(points), per_batch):
                 batch = {"points": points[first : first + per_batch]}
                 client.post(
