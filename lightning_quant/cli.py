@@ -98,6 +98,7 @@ def _dashboard_argv(port: int, api_url: str, host: str = HOST) -> list[str]:
         sys.executable, "-m", "streamlit", "run", _dashboard_script(),
         "--server.port", str(port), "--server.address", host,
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
         "--", "--api-url", api_url,
     ]  # fmt: skip
 
