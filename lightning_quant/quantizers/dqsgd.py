@@ -30,9 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from lightning_quant.quantizers.base import Payload, register_quantizer
+from lightning_quant.quantizers.base import register_quantizer
 from lightning_quant.quantizers.bucketed import (
     MAX_BITS,
     MIN_BITS,
@@ -149,11 +147,3 @@ class DQSGD(BucketedQuantizer):
     def make_policy(self) -> DQSGDPolicy:
         """Return a fresh policy for a training run."""
         return DQSGDPolicy(self.config)
-
-    def encode(
-        self,
-        tensor: torch.Tensor,
-        generator: torch.Generator | None = None,
-        bits: int | None = None,
-    ) -> Payload:
-        return super().encode(tensor, generator, bits=bits)
