@@ -18,9 +18,9 @@ per element), so the same generator state gives the same payload on either path'
 and the payload does not depend on the number of threads.
 
 Threads: a call uses up to ``torch.get_num_threads()`` threads (the kernels release the
-GIL; tensors under two tasks of 32K elements stay in the calling thread). The helper pool
-is per process, so forked children (DataLoader workers, ``ddp_fork``) are safe; no Numba
-threading layer is involved.
+GIL; a tensor stays in the calling thread until each thread would get at least 256K
+elements to encode or 1M to decode). The helper pool is per process, so forked
+children (DataLoader workers, ``ddp_fork``) are safe; no Numba threading layer is used.
 
 Compilation: the kernels are compiled by Numba on first use and cached on disk
 (``cache=True``, beside this file, or in the user's cache directory where the package is
@@ -170,7 +170,7 @@ def encode_buckets(
     partial_max = np.zeros(pieces, np.uint32)
     inverse = np.empty(scale_array.size, np.float32)
     norms = (xs, xs.view("u4"), bucket_size, per_bucket, inf_norm, partial_squares, partial_max)
-    _run(module.norm_pieces, pieces, *norms)
+    _run(module.norm_pieces, pieces, *norms, grain=16)
     module.combine_pieces(per_bucket, inf_norm, partial_squares, partial_max, scale_array, inverse)
     quantize = (xs, bucket_size, inverse, levels, mode, _u64(key), bits, out)
     _run(module.quantize_tasks, -(-n // module.TASK), *quantize)
@@ -206,7 +206,7 @@ def decode_buckets(
         )
     mode = module.EXPONENTIAL if exponential else module.UNIFORM
     args = (data.contiguous().numpy(), bits, bucket_size, levels, mode, scale_array, 0, out.numpy())
-    _run(module.decode_tasks, -(-numel // module.TASK), *args)
+    _run(module.decode_tasks, -(-numel // module.TASK), *args, grain=32)
     return out
 
 
@@ -219,7 +219,7 @@ def max_abs(flat: torch.Tensor) -> torch.Tensor:
     bits = x.numpy().view("u4")
     pieces = -(-bits.size // module.PIECE)
     partial = np.zeros(pieces, np.uint32)
-    _run(module.max_abs_pieces, pieces, bits, partial)
+    _run(module.max_abs_pieces, pieces, bits, partial, grain=16)
     return torch.from_numpy(partial.max(keepdims=True).view(np.float32)).reshape(())
 
 
@@ -269,7 +269,7 @@ def decode_shared(
     _check_packed(data, bits, numel)
     steps = _as_f32(step.reshape(1)).numpy()
     args = (data.contiguous().numpy(), bits, numel, 0, module.SIGNED, steps, offset, out.numpy())
-    _run(module.decode_tasks, -(-numel // module.TASK), *args)
+    _run(module.decode_tasks, -(-numel // module.TASK), *args, grain=32)
     return out
 
 
@@ -329,15 +329,17 @@ def _check_packed(data: torch.Tensor, bits: int, numel: int) -> None:
         )
 
 
-def _run(kernel: Callable[..., None], tasks: int, *args: object) -> None:
+def _run(kernel: Callable[..., None], tasks: int, *args: object, grain: int = 8) -> None:
     """Run ``kernel(t0, t1, *args)`` over tasks ``0 .. tasks - 1``, spread over threads.
 
     The kernels release the GIL, so plain threads run them in parallel: this thread and
     up to ``torch.get_num_threads() - 1`` pool threads take chunks of tasks until none is
     left (two chunks per thread, so a thread that gets descheduled holds up little).
-    The pool is per process, so a forked child builds its own.
+    Each thread gets at least ``grain`` tasks: waking a pool thread costs some 50 us, the
+    time to encode about 64K elements. The pool is per process, so a forked child builds
+    its own.
     """
-    threads = min(torch.get_num_threads(), os.cpu_count() or 1, tasks)
+    threads = min(torch.get_num_threads(), os.cpu_count() or 1, tasks // grain)
     if threads < 2:
         kernel(0, tasks, *args)
         return

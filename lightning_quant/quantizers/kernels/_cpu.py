@@ -32,7 +32,6 @@ from numba.extending import intrinsic
 UNIFORM, EXPONENTIAL, SIGNED = 0, 1, 2  # level sets: QSGD's, NUQSGD's, Global-QSGD's lanes
 TASK = 1 << 15  # elements per task: a task's codes stay in L1/L2
 PIECE = 1 << 15  # elements per partial norm of a bucket larger than a task
-NOISE = 1 << 10  # uniforms drawn at a time (4 KiB of scratch)
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -134,7 +133,7 @@ def _max_abs_bits(bits):
     return m
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _inverse(scale):
     return np.float32(1.0) / scale if scale > np.float32(0.0) else np.float32(0.0)
 
@@ -192,24 +191,16 @@ def _quantize_signed(xs, inv, s, noise, codes):
         codes[j] = np.uint8(np.int32(np.floor(r * sf + noise[j]) + sf))
 
 
-@njit(cache=True, nogil=True)
-def _quantize(mode, xs, inv, s, key, start, bits, codes, noise):
-    """Quantize the run ``xs`` (elements ``start, ...``) into ``codes``.
-
-    ``noise`` is scratch for ``NOISE`` uniforms: the run is drawn and rounded in chunks
-    of that many, so the noise never leaves L1.
-    """
+@njit(cache=True, nogil=True, inline="always")
+def _quantize(mode, xs, inv, s, noise, bits, codes):
+    """Round the run ``xs`` of one bucket into ``codes``, with one uniform of ``noise`` each."""
     sign_bit = np.int32(1 << (bits - 1))
-    for a in range(0, xs.size, NOISE):
-        b = min(a + NOISE, xs.size)
-        u = noise[: b - a]
-        uniforms(key, start + a, u)
-        if mode == UNIFORM:
-            _quantize_uniform(xs[a:b], inv, s, u, sign_bit, codes[a:b])
-        elif mode == EXPONENTIAL:
-            _quantize_exponential(xs[a:b], inv, s, u, sign_bit, codes[a:b])
-        else:
-            _quantize_signed(xs[a:b], inv, s, u, codes[a:b])
+    if mode == UNIFORM:
+        _quantize_uniform(xs, inv, s, noise, sign_bit, codes)
+    elif mode == EXPONENTIAL:
+        _quantize_exponential(xs, inv, s, noise, sign_bit, codes)
+    else:
+        _quantize_signed(xs, inv, s, noise, codes)
 
 
 # --- packing ------------------------------------------------------------------------------
@@ -304,10 +295,11 @@ def fused_tasks(t0, t1, x, xbits, bits, size, s, mode, inf_norm, key, out, scale
     unit = group * size
     per_task = TASK // unit
     codes = np.empty(per_task * unit + 8, np.uint8)
-    noise = np.empty(NOISE, np.float32)
+    noise = np.empty(per_task * unit, np.float32)
     for t in range(t0, t1):
         base = t * per_task * unit
         end = min(base + per_task * unit, n)
+        uniforms(key, base, noise[: end - base])  # the whole task's noise in one go
         for k in range(t * per_task * group, min((t + 1) * per_task * group, nb)):
             a = k * size
             b = min(a + size, n)
@@ -316,9 +308,8 @@ def fused_tasks(t0, t1, x, xbits, bits, size, s, mode, inf_norm, key, out, scale
             else:
                 scale = np.float32(math.sqrt(_sum_squares(x[a:b])))
             scales[k] = scale
-            _quantize(
-                mode, x[a:b], _inverse(scale), s, key, a, bits, codes[a - base : b - base], noise
-            )
+            run = slice(a - base, b - base)
+            _quantize(mode, x[a:b], _inverse(scale), s, noise[run], bits, codes[run])
         _pack(codes, end - base, bits, out[base * bits // 8 : (end * bits + 7) // 8])
 
 
@@ -364,15 +355,17 @@ def quantize_tasks(t0, t1, x, size, inverse, s, mode, key, bits, out):
     """Quantize and pack tasks ``t0 .. t1 - 1`` of ``TASK`` elements, given the inverses."""
     n = x.size
     codes = np.empty(TASK + 8, np.uint8)
-    noise = np.empty(NOISE, np.float32)
+    noise = np.empty(TASK, np.float32)
     for t in range(t0, t1):
         base = t * TASK
         end = min(base + TASK, n)
+        uniforms(key, base, noise[: end - base])
         a = base
         while a < end:
             k = a // size
             b = min((k + 1) * size, end)
-            _quantize(mode, x[a:b], inverse[k], s, key, a, bits, codes[a - base : b - base], noise)
+            run = slice(a - base, b - base)
+            _quantize(mode, x[a:b], inverse[k], s, noise[run], bits, codes[run])
             a = b
         _pack(codes, end - base, bits, out[base * bits // 8 : (end * bits + 7) // 8])
 
