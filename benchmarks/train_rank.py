@@ -11,7 +11,9 @@ an emulated network, ``GLOO_SOCKET_IFNAME``)::
 Each rank trains for ``--steps`` optimizer steps, recording its training loss and the
 wall time after every step; then all ranks time Lightning training steps of a copy of the
 model on their own (single-device, no communication), at the same time, so the figure
-carries the same CPU contention and per-step framework work as training. Rank 0
+carries the same CPU contention and per-step framework work as training. For PyTorch's
+peer hooks, whose compression hides inside their communication, each rank also times its
+hook's own work over a process group of itself alone (:func:`time_peer_codec`). Rank 0
 evaluates test accuracy on the whole test set and writes one JSON object holding every
 rank's per-step statistics (the strategy's ``stats_history``), losses, times and compute
 time, plus the run's configuration.
@@ -38,14 +40,18 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import lightning_quant
 from benchmarks.tasks import TASKS, Task
 from lightning_quant import QuantizedDDPStrategy
+from lightning_quant.hooks import PEERS, make_comm_hook
+from lightning_quant.strategy import SINGLE_BUCKET_MB
 
 __all__ = ["StepRecorder", "main", "time_compute"]
 
 COMPUTE_WARMUP = 2
+PEER_WARMUP = 4  # PyTorch's PowerSGD hook starts compressing at its third step
 
 
 class StepRecorder(Callback):
@@ -96,6 +102,50 @@ def time_compute(task: Task, model: L.LightningModule, loader: Any, steps: int) 
     trainer.fit(clone, loader)
     times = recorder.times
     return [b - a for a, b in itertools.pairwise(times[COMPUTE_WARMUP:])]
+
+
+def time_peer_codec(
+    task: Task, model: L.LightningModule, loader: Any, scheme: str, steps: int
+) -> float:
+    """Return the seconds a PyTorch peer hook adds to a step on this rank, wire excluded.
+
+    PyTorch's hooks do their compression inside the hook (PowerSGD's matrix products and
+    orthogonalization, fp16's casts), so the strategy's statistics cannot separate it
+    from the wire. Here every rank wraps a copy of ``model`` in DDP over a process group
+    of itself alone, where collectives move nothing, and times raw training steps with
+    the hook and without one; the difference of the medians is the hook's own work.
+    Must be called on every rank (creating process groups is collective).
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    groups = [dist.new_group([r], backend="gloo") for r in range(world)]
+    own = groups[rank]
+    cap = SINGLE_BUCKET_MB if scheme == "torch_powersgd" else 25
+    medians = []
+    for hooked in (False, True):
+        clone = task.model()
+        clone.load_state_dict(model.state_dict())
+        ddp = DistributedDataParallel(clone, process_group=own, bucket_cap_mb=cap)
+        if hooked:
+            state, hook = make_comm_hook(scheme, process_group=own)
+            ddp.register_comm_hook(state.bind(ddp), hook)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=task.lr, momentum=0.9)
+        seconds = []
+        batches = itertools.cycle(loader)
+        # PowerSGD allreduces plainly for its first 2 steps; time it once it compresses
+        for index in range(PEER_WARMUP + steps):
+            x, y = next(batches)
+            start = time.perf_counter()
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(ddp(x), y).backward()
+            optimizer.step()
+            if index >= PEER_WARMUP:
+                seconds.append(time.perf_counter() - start)
+        medians.append(statistics.median(seconds))
+        del ddp, optimizer
+        gc.collect()
+    del groups, own
+    gc.collect()
+    return max(0.0, medians[1] - medians[0])
 
 
 @torch.no_grad()
@@ -172,6 +222,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
 
     dist.barrier()  # every rank times its compute at once, contending for the cores
     compute = time_compute(task, model, train, args.compute_steps)
+    peer_codec = None
+    if args.scheme in PEERS:
+        peer_codec = time_peer_codec(task, model, train, args.scheme, args.compute_steps)
     own = {
         "rank": rank,
         "stats": stats,
@@ -180,6 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "train_start_unix": recorder.start_unix,
         "compute_s": statistics.median(compute),
         "compute_samples_s": compute,
+        "peer_codec_s": peer_codec,
         "fit_s": fit_s,
         "threads": torch.get_num_threads(),
     }
