@@ -25,6 +25,7 @@ status ``"failed"`` and the tail of its log, and the sweep goes on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -745,7 +746,7 @@ class Sweep:
 
     def _network(self, link: str, world: int) -> Any:
         if link == "none":
-            return _no_network()
+            return contextlib.nullcontext()
         return emulated_network(world, link)
 
     def _one(self, spec: RunSpec, net: EmulatedNetwork | None, workdir: Path) -> dict[str, Any]:
@@ -782,14 +783,6 @@ class Sweep:
     def _save(self) -> None:
         if self.args.json is not None:
             write_json(self.args.json, self.records)
-
-
-class _no_network:  # noqa: N801 - used like a function returning a context manager
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def write_json(path: Path, records: list[dict[str, Any]]) -> None:
