@@ -346,7 +346,7 @@ def _allreduce_global(
     state.current.encode_s += time.perf_counter() - start
 
     def decode(summed: torch.Tensor) -> torch.Tensor:
-        return q.decode(q.summed(payload, summed, state.world_size))
+        return q.decode(q.summed(payload, summed, state.world_size), out=tensor)
 
     return _launch(state, bucket, payload.data, decode, dist.ReduceOp.SUM)
 
@@ -366,7 +366,13 @@ def _allgather_payloads(
 
     def decode(gathered: torch.Tensor) -> torch.Tensor:
         rows = gathered.view(state.world_size, -1)
-        total = q.decode(payload.read_wire(rows[0])).float()
+        # accumulate in the bucket itself when it is fp32 (no temporary), else in fp32
+        total = (
+            tensor
+            if tensor.dtype == torch.float32
+            else torch.empty_like(tensor, dtype=torch.float32)
+        )
+        q.decode(payload.read_wire(rows[0]), out=total)
         for row in rows[1:]:
             total += q.decode(payload.read_wire(row))
         return total.div_(state.world_size)
@@ -400,7 +406,9 @@ def _launch(
 
     def finish(_: Future[Any]) -> torch.Tensor:
         decode_start = time.perf_counter()
-        bucket_buffer.copy_(decode(result))
+        mean = decode(result)
+        if mean is not bucket_buffer:  # the quantized paths decode into the bucket directly
+            bucket_buffer.copy_(mean)
         if state.policy is not None:  # DQ-SGD decides from the shared aggregated norm
             stats.bucket_sq_norms[index] = float(bucket_buffer.float().pow(2).sum())
         stats.add_times(

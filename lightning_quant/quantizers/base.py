@@ -101,8 +101,8 @@ class Quantizer(ABC):
         """Quantize ``tensor`` into a payload."""
 
     @abstractmethod
-    def decode(self, payload: Payload) -> torch.Tensor:
-        """Rebuild a tensor of the payload's shape and dtype."""
+    def decode(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rebuild a tensor of the payload's shape and dtype (into ``out`` if given)."""
 
     @abstractmethod
     def wire_nbytes(self, numel: int) -> int:

@@ -48,8 +48,10 @@ class FloatQuantizer(Quantizer):
             bits=8 * self.wire_dtype.itemsize,
         )
 
-    def decode(self, payload: Payload) -> torch.Tensor:
+    def decode(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
         values = payload.data.view(self.wire_dtype)
+        if out is not None:
+            return out.copy_(values.reshape(out.shape))
         return values.to(payload.dtype).reshape(payload.shape)
 
     def wire_nbytes(self, numel: int) -> int:

@@ -286,3 +286,12 @@ def test_codecs_on_cuda(name: str) -> None:
     y = q.decode(payload)
     assert y.is_cuda and y.shape == x.shape
     assert (y - x).norm() <= 2 * x.norm()
+
+
+@pytest.mark.parametrize("name", available_quantizers())
+def test_decode_into_a_given_tensor(name: str) -> None:
+    q = get_quantizer(name)
+    payload = q.encode(torch.randn(1500), torch.Generator().manual_seed(0))
+    out = torch.empty(1500)
+    assert q.decode(payload, out=out) is out
+    assert torch.equal(out, q.decode(payload))
