@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from benchmarks.tasks import TASKS
 from lightning_quant import QuantizedDDPStrategy
+from tests.lightning_quant.ddp_workers import _shutdown
 
 
 def fit_digits(
@@ -88,7 +89,7 @@ def fit_digits(
     used = trainer.strategy
     state = used.comm_state
     reporters = [cb for cb in trainer.callbacks if type(cb).__name__ == "RunReporter"]
-    return {
+    result = {
         "spooled": reporters[0].spooled if reporters else 0,
         "params": [p.detach().clone() for p in model.parameters()],
         "stats": list(used.stats_history),
@@ -100,6 +101,9 @@ def fit_digits(
         "strategy": type(used).__name__,
         "config": used.config_dict(),
     }
+    del trainer, used, state, strategy
+    _shutdown()
+    return result
 
 
 class _Sleep(Callback):

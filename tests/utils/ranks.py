@@ -48,7 +48,16 @@ def run_ranks(
         }
         out = workdir / f"rank{rank}.pt"
         log = open(workdir / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
-        argv = [sys.executable, "-m", "tests.utils.ranks", target, json.dumps(kwargs), str(out)]
+        argv = [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "tests.utils.ranks",
+            target,
+            json.dumps(kwargs),
+            str(out),
+        ]
         procs.append((subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=workdir), log))
     try:
         for proc, _ in procs:
