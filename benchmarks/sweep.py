@@ -65,6 +65,7 @@ from benchmarks.netem import (
 )
 from benchmarks.perf_model import Collective, collective_for, predict_step_time
 from benchmarks.tasks import TASKS
+from lightning_quant.reporting import api_base
 
 __all__ = [
     "RECORD_FIELDS",
@@ -79,7 +80,6 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-API_PREFIX = "/api/v1"
 
 # PyTorch hooks a user might pick that cannot run here; why, as measured in PEERS.md.
 UNAVAILABLE_PEERS = {
@@ -490,12 +490,6 @@ def compare_with_baseline(
 
 
 # ----- the run store ------------------------------------------------------------------------
-
-
-def api_base(url: str) -> str:
-    """Return the REST base (``.../api/v1``) for a server URL with or without it."""
-    url = url.rstrip("/")
-    return url if url.endswith(API_PREFIX) else url + API_PREFIX
 
 
 def _finite(value: Any) -> bool:
