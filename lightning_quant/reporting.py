@@ -30,6 +30,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lightning_quant.collectives import fp32_allreduce_bytes
+
 __all__ = ["ReportClient", "RunReporter", "replay_spool"]
 
 log = logging.getLogger(__name__)
@@ -470,11 +472,13 @@ class RunReporter(Callback):
         summary = {k: v for k, v in self._summary.items() if v is not None}
         if steps:
             totals = trainer.strategy.totals  # type: ignore[attr-defined]
-            raw, wire = totals["raw_bytes"], totals["wire_bytes"]
+            raw, sent = totals["raw_bytes"], totals["sent_bytes"]
+            fp32 = fp32_allreduce_bytes(raw, trainer.world_size)
             summary.update(
                 total_raw_bytes=int(raw),
-                total_wire_bytes=int(wire),
-                compression_ratio=raw / wire if wire else None,
+                total_payload_bytes=int(totals["payload_bytes"]),
+                total_sent_bytes=int(sent),
+                compression_ratio=fp32 / sent if sent else None,
                 mean_step_s=totals["step_s"] / steps,
                 mean_encode_s=totals["encode_s"] / steps,
                 mean_communicate_s=totals["communicate_s"] / steps,
@@ -505,6 +509,7 @@ def run_record(
         "status": "running",
         "scheme": scheme,
         "bits": bits,
+        "collective": config.get("collective"),
         "bucket_size": config.get("bucket_size"),
         "world_size": trainer.world_size,
         "num_nodes": trainer.num_nodes,

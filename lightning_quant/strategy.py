@@ -19,17 +19,25 @@ from typing import Any
 
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lightning_quant.collectives import AUTO, check_collective
 from lightning_quant.hooks import (
     DEFAULT_MIN_COMPRESS_NUMEL,
     PEERS,
     QuantizedCommState,
     make_comm_hook,
 )
-from lightning_quant.quantizers import Quantizer, available_quantizers, get_quantizer
-from lightning_quant.quantizers.dqsgd import DQSGD
+from lightning_quant.hooks.groups import node_mesh
+from lightning_quant.hooks.state import use_hierarchy
+from lightning_quant.quantizers import (
+    Quantizer,
+    available_quantizers,
+    get_quantizer,
+    quantizer_settings,
+)
 
 __all__ = ["CHECKPOINT_KEY", "QuantizedDDPStrategy", "STRATEGY_NAMES"]
 
@@ -37,7 +45,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "lightning_quant"
 HISTORY_STEPS = 100_000  # per-step figures kept in memory; totals cover the whole run
-SUMMED = ("raw_bytes", "wire_bytes", "encode_s", "communicate_s", "decode_s", "step_s")
+SUMMED = (
+    "raw_bytes", "payload_bytes", "sent_bytes", "inter_node_bytes",
+    "encode_s", "communicate_s", "decode_s", "step_s",
+)  # fmt: skip
 SINGLE_BUCKET_MB = 100_000  # PowerSGD's hook is only safe on gloo with one bucket
 
 
@@ -52,6 +63,13 @@ class QuantizedDDPStrategy(DDPStrategy):
         bucket_size: coordinates per quantization bucket (bucketed schemes).
         error_feedback: carry each bucket's quantization error into the next step.
         min_compress_numel: DDP buckets smaller than this go as plain fp32 allreduce.
+        collective: ``"auto"`` or a collective the scheme declares (``"allgather"``,
+            ``"reduce_scatter"``, ``"allreduce"``); ``auto`` sends the fewest bytes per
+            rank: all-gather at 2 ranks, the re-quantizing reduce-scatter from 3 on.
+        hierarchical: ``True``: reduce inside each node at full precision (a
+            reduce-scatter, then an all-gather) and quantize only between nodes, with a
+            (node, local) ``DeviceMesh`` built from the cluster environment; ``"auto"``:
+            when ``num_nodes > 1`` and there is more than one device per node.
         seed: base seed of the quantization noise; rank ``r`` uses ``seed + r``.
         report_to: URL of a lightning-quant API; adds the run reporter callback.
         quantizer_config: further quantizer settings (e.g. DQ-SGD's ``target_error``).
@@ -74,24 +92,31 @@ class QuantizedDDPStrategy(DDPStrategy):
         bucket_size: int = 512,
         error_feedback: bool = False,
         min_compress_numel: int = DEFAULT_MIN_COMPRESS_NUMEL,
+        collective: str = AUTO,
+        hierarchical: bool | str = False,
         seed: int = 0,
         report_to: str | None = None,
         quantizer_config: dict[str, Any] | None = None,
         powersgd_rank: int = 4,
         **ddp_kwargs: Any,
     ) -> None:
-        if quantizer == "torch_powersgd":
+        if isinstance(quantizer, str) and quantizer in PEERS and PEERS[quantizer].single_bucket:
             ddp_kwargs.setdefault("bucket_cap_mb", SINGLE_BUCKET_MB)
         super().__init__(**ddp_kwargs)
         self.scheme: str | Quantizer = _build_quantizer(
             quantizer, bits, bucket_size, quantizer_config or {}
         )
+        if isinstance(self.scheme, Quantizer):  # refuse now, not once training starts
+            check_collective(self.scheme.name, self.scheme.collectives, collective)
         # DQ-SGD plans over the run's length unless told otherwise
         self._plan_total_steps = isinstance(quantizer, str) and "total_steps" not in (
             quantizer_config or {}
         )
         self.error_feedback = error_feedback
         self.min_compress_numel = min_compress_numel
+        self.collective = collective
+        self.hierarchical = hierarchical
+        use_hierarchy(hierarchical, 1, 1)  # an unknown value fails now
         self.seed = seed
         self.report_to = report_to
         self.powersgd_rank = powersgd_rank
@@ -110,11 +135,17 @@ class QuantizedDDPStrategy(DDPStrategy):
 
     def config_dict(self) -> dict[str, Any]:
         """Return the strategy and quantizer settings, as stored with a run."""
-        quantizer = self.scheme.config_dict() if isinstance(self.scheme, Quantizer) else {}
+        scheme = self.scheme
+        quantizer = scheme.config_dict() if isinstance(scheme, Quantizer) else {}
+        state = self.comm_state
+        chosen = state.collective if state is not None else self.collective
         return {
             "scheme": self.scheme_name,
-            "bits": quantizer.get("bits", _peer_bits(self.scheme_name)),
+            "bits": scheme.bits if isinstance(scheme, Quantizer) else PEERS[scheme].bits,
             "bucket_size": quantizer.get("bucket_size"),
+            "collective": str(chosen),
+            "hierarchical": state.hierarchical if state is not None else self.hierarchical,
+            "topology": f"{self.num_nodes}x{len(self.parallel_devices or [None])}",
             "error_feedback": self.error_feedback,
             "min_compress_numel": self.min_compress_numel,
             "seed": self.seed,
@@ -139,27 +170,42 @@ class QuantizedDDPStrategy(DDPStrategy):
         """Register the quantized hook on every device type (Lightning's does CUDA only)."""
         assert isinstance(self.model, DistributedDataParallel)
         scheme = self.scheme
-        if isinstance(scheme, DQSGD) and self._plan_total_steps:
+        if isinstance(scheme, Quantizer) and self._plan_total_steps:
             steps = self._estimated_steps()
-            if steps:
-                scheme = type(scheme)(dataclasses.replace(scheme.config, total_steps=steps))
+            if steps and "total_steps" in quantizer_settings(scheme.name):  # DQ-SGD plans
+                settings = {**dataclasses.asdict(scheme.config), "total_steps": steps}
+                scheme = get_quantizer(scheme.name, **settings)
                 self.scheme = scheme
-        settings: dict[str, Any] = {"powersgd_rank": self.powersgd_rank}
-        if self.scheme_name not in PEERS:
-            settings.update(
-                error_feedback=self.error_feedback,
-                min_compress_numel=self.min_compress_numel,
-                seed=self.seed,
-            )
-        else:
-            settings["seed"] = self.seed
-        state, hook = make_comm_hook(scheme, **settings)
+        per_node = len(self.parallel_devices or [None])
+        hierarchy = use_hierarchy(self.hierarchical, self.world_size, per_node)
+        state, hook = make_comm_hook(
+            scheme,
+            powersgd_rank=self.powersgd_rank,
+            error_feedback=self.error_feedback,
+            min_compress_numel=self.min_compress_numel,
+            collective=self.collective,
+            seed=self.seed,
+            ranks_per_node=per_node,
+            hierarchical=hierarchy,
+            mesh=self._node_mesh(per_node) if hierarchy else None,
+        )
         self.comm_state = state.bind(self.model)
         if self._pending_state is not None:
             state.load_state_dict(self._pending_state)
             self._pending_state = None
         self.model.register_comm_hook(state, hook)
         log.info("registered %s comm hook on %s", self.scheme_name, self.root_device)
+
+    def _node_mesh(self, per_node: int) -> DeviceMesh:
+        """Build the (node, local) mesh from the cluster environment, on every rank."""
+        expected = self.node_rank * per_node + self.local_rank
+        if self.global_rank != expected:
+            raise ValueError(
+                f"the hierarchical path needs ranks numbered by node: global rank "
+                f"{self.global_rank} is node {self.node_rank}, local {self.local_rank}, "
+                f"with {per_node} devices per node (expected {expected})"
+            )
+        return node_mesh(per_node, self.root_device.type)
 
     def _estimated_steps(self) -> int | None:
         try:
@@ -254,15 +300,9 @@ def _build_quantizer(
             f"unknown quantizer {quantizer!r}; available: "
             f"{', '.join(available_quantizers() + list(PEERS))}"
         )
-    from lightning_quant.quantizers.base import _REGISTRY
-
-    fields = {f.name for f in dataclasses.fields(_REGISTRY[quantizer].config_class)}
+    fields = quantizer_settings(quantizer)
     settings = {k: v for k, v in {"bits": bits, "bucket_size": bucket_size}.items() if k in fields}
     return get_quantizer(quantizer, **settings, **extra)
-
-
-def _peer_bits(name: str) -> int:
-    return 16 if name == "torch_fp16" else 32
 
 
 STRATEGY_NAMES = {f"ddp_{name}": name for name in (*available_quantizers(), *PEERS)}

@@ -17,6 +17,7 @@ from lightning_quant.quantizers.base import (
     QuantizerConfig,
     available_quantizers,
     get_quantizer,
+    quantizer_settings,
     register_quantizer,
 )
 from lightning_quant.quantizers.dqsgd import DQSGDPolicy
@@ -28,5 +29,6 @@ __all__ = [
     "QuantizerConfig",
     "available_quantizers",
     "get_quantizer",
+    "quantizer_settings",
     "register_quantizer",
 ]

@@ -10,12 +10,15 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from lightning_quant.collectives import Collective
+
 __all__ = [
     "Payload",
     "Quantizer",
     "QuantizerConfig",
     "available_quantizers",
     "get_quantizer",
+    "quantizer_settings",
     "register_quantizer",
 ]
 
@@ -86,27 +89,97 @@ class Quantizer(ABC):
 
     Quantizers are stateless: everything that changes during training lives in the
     DDP hook's state. Stochastic schemes draw from the ``generator`` passed to ``encode``.
+
+    A scheme declares here what the DDP hook may do with it, and the hook dispatches on
+    these declarations only:
+
+    * ``collectives``: the collectives it can reduce with, in order of preference
+      (:func:`lightning_quant.collectives.choose_collective` picks one);
+    * ``shared_scale``: every rank encodes against one scale, the max of ``|g|`` over
+      ranks, got with a scalar ``allreduce(MAX)`` first;
+    * ``lossy``: whether error feedback applies (not to the float baselines);
+    * :meth:`allreduce_limit`: how many ranks' payloads sum without overflow;
+    * :meth:`make_policy`: per-step state (DQ-SGD's choice of width), or ``None``.
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[QuantizerConfig]] = QuantizerConfig
-    stochastic: ClassVar[bool] = True
-    reducible: ClassVar[bool] = False  # payloads can be summed by a plain allreduce
+    collectives: ClassVar[tuple[Collective, ...]] = (
+        Collective.ALLGATHER,
+        Collective.REDUCE_SCATTER,
+    )
+    shared_scale: ClassVar[bool] = False
+    lossy: ClassVar[bool] = True  # error feedback carries what encoding loses
 
     def __init__(self, config: QuantizerConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
 
+    @property
+    def bits(self) -> int:
+        """Wire bits per coordinate at the configured width."""
+        return int(getattr(self.config, "bits"))  # noqa: B009 - every scheme but floats
+
     @abstractmethod
-    def encode(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> Payload:
-        """Quantize ``tensor`` into a payload."""
+    def encode(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        bits: int | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> Payload:
+        """Quantize ``tensor`` into a payload that decodes on its own.
+
+        Args:
+            tensor: floating-point tensor of any shape.
+            generator: random stream of the stochastic rounding.
+            bits: this step's width, for schemes whose width changes (DQ-SGD).
+            scale: the shared scale, for schemes that declare ``shared_scale``.
+        """
 
     @abstractmethod
     def decode(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
         """Rebuild a tensor of the payload's shape and dtype (into ``out`` if given)."""
 
     @abstractmethod
-    def wire_nbytes(self, numel: int) -> int:
+    def wire_nbytes(self, numel: int, bits: int | None = None) -> int:
         """Return the exact ``Payload.nbytes`` of a tensor of ``numel`` elements."""
+
+    @property
+    def alignment(self) -> int:
+        """Elements that share one scale: a shard of a bucket holds whole multiples of it."""
+        return 1
+
+    def allreduce_limit(self) -> int | None:
+        """Return the most ranks whose payloads a SUM all-reduce adds exactly (None: any)."""
+        return None
+
+    def make_policy(self) -> Any:
+        """Return the per-step state this scheme keeps in the hook's state, or ``None``."""
+        return None
+
+    # --- schemes that declare ALLREDUCE: payloads that add up -----------------------------
+
+    def encode_summable(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None,
+        *,
+        world_size: int,
+        scale: torch.Tensor | None = None,
+    ) -> Payload:
+        """Quantize ``tensor`` so that ``world_size`` ranks' payloads can be summed."""
+        raise NotImplementedError(f"{self.name} payloads do not sum")
+
+    def summable(self, payload: Payload) -> torch.Tensor:
+        """Return the tensor of ``payload`` that a SUM all-reduce adds up."""
+        raise NotImplementedError(f"{self.name} payloads do not sum")
+
+    def decode_sum(
+        self, payload: Payload, summed: torch.Tensor, world_size: int, out: torch.Tensor
+    ) -> torch.Tensor:
+        """Write the mean of ``world_size`` ranks into ``out`` from their ``summed`` payloads."""
+        raise NotImplementedError(f"{self.name} payloads do not sum")
 
     def config_dict(self) -> dict[str, Any]:
         """Return the scheme name and its settings, as stored with every run."""
@@ -140,6 +213,20 @@ def available_quantizers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _scheme_class(name: str) -> type[Quantizer]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown quantizer {name!r}; available: {', '.join(available_quantizers())}"
+        ) from None
+
+
+def quantizer_settings(name: str) -> frozenset[str]:
+    """Return the names of the settings scheme ``name`` takes (its config's fields)."""
+    return frozenset(f.name for f in dataclasses.fields(_scheme_class(name).config_class))
+
+
 def get_quantizer(name: str, **config: Any) -> Quantizer:
     """Build the quantizer registered as ``name`` with the given settings.
 
@@ -156,13 +243,8 @@ def get_quantizer(name: str, **config: Any) -> Quantizer:
         q = get_quantizer("qsgd", bits=4, bucket_size=512)
         x_hat = q.decode(q.encode(torch.randn(1000)))
     """
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown quantizer {name!r}; available: {', '.join(available_quantizers())}"
-        ) from None
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    cls = _scheme_class(name)
+    fields = quantizer_settings(name)
     unknown = sorted(set(config) - fields)
     if unknown:
         raise ValueError(

@@ -84,6 +84,10 @@ class BucketedQuantizer(Quantizer):
         """Return the number of positive levels ``s`` that ``bits`` buys."""
         return exponential_levels(bits) if self.exponential else uniform_levels(bits)
 
+    @property
+    def alignment(self) -> int:
+        return self.config.bucket_size
+
     def wire_nbytes(self, numel: int, bits: int | None = None) -> int:
         bits = self.config.bits if bits is None else bits
         buckets = math.ceil(numel / self.config.bucket_size)
@@ -93,7 +97,9 @@ class BucketedQuantizer(Quantizer):
         self,
         tensor: torch.Tensor,
         generator: torch.Generator | None = None,
+        *,
         bits: int | None = None,
+        scale: torch.Tensor | None = None,
     ) -> Payload:
         """Quantize ``tensor`` bucket by bucket.
 
@@ -101,10 +107,11 @@ class BucketedQuantizer(Quantizer):
             tensor: floating-point tensor of any shape.
             generator: random stream for the stochastic rounding (default: torch's global one).
             bits: override the configured width (DQ-SGD's per-step choice).
+            scale: must be ``None``: every bucket carries its own scale.
         """
-        bits = self._check_input(tensor, bits)
+        bits = self._check_input(tensor, bits, scale)
         if not kernels.supports(tensor):
-            return self.encode_eager(tensor, generator, bits)
+            return self.encode_eager(tensor, generator, bits=bits)
         data, scales = kernels.encode_buckets(
             tensor,
             bits=bits,
@@ -120,10 +127,11 @@ class BucketedQuantizer(Quantizer):
         self,
         tensor: torch.Tensor,
         generator: torch.Generator | None = None,
+        *,
         bits: int | None = None,
     ) -> Payload:
         """Quantize with plain torch ops on any device: the reference for the fused kernels."""
-        bits = self._check_input(tensor, bits)
+        bits = self._check_input(tensor, bits, None)
         numel, size = tensor.numel(), self.config.bucket_size
         rows = _bucket_rows(tensor.detach().reshape(-1).float(), size)
         scales = self._scales(rows)
@@ -170,7 +178,11 @@ class BucketedQuantizer(Quantizer):
         values = magnitude * sign * payload.scales.unsqueeze(1)
         return kernels.finish_decode(values.reshape(-1)[: payload.numel], payload, out)
 
-    def _check_input(self, tensor: torch.Tensor, bits: int | None) -> int:
+    def _check_input(
+        self, tensor: torch.Tensor, bits: int | None, scale: torch.Tensor | None
+    ) -> int:
+        if scale is not None:
+            raise ValueError(f"{self.name} scales each bucket itself; it takes no shared scale")
         bits = self.config.bits if bits is None else bits
         check_bits(bits)
         if not tensor.is_floating_point():

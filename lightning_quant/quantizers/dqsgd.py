@@ -145,5 +145,5 @@ class DQSGD(BucketedQuantizer):
     config: DQSGDConfig
 
     def make_policy(self) -> DQSGDPolicy:
-        """Return a fresh policy for a training run."""
+        """Return a fresh policy for a training run: the hook asks it for every step's width."""
         return DQSGDPolicy(self.config)

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import torch
 
+from lightning_quant.collectives import Collective
 from lightning_quant.quantizers.base import (
     SCALE_DTYPE,
     Payload,
@@ -28,16 +29,29 @@ class FloatConfig(QuantizerConfig):
 
 
 class FloatQuantizer(Quantizer):
-    """Send the tensor cast to ``wire_dtype``; deterministic."""
+    """Send the tensor cast to ``wire_dtype``; deterministic. Payloads sum in an all-reduce."""
 
     config_class = FloatConfig
-    stochastic = False
-    reducible = True
+    collectives = (Collective.ALLREDUCE,)
+    lossy = False
     wire_dtype: ClassVar[torch.dtype] = torch.float32
 
-    def encode(self, tensor: torch.Tensor, generator: torch.Generator | None = None) -> Payload:
+    @property
+    def bits(self) -> int:
+        return 8 * self.wire_dtype.itemsize
+
+    def encode(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        bits: int | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> Payload:
         if not tensor.is_floating_point():
             raise TypeError(f"{self.name} encodes floating-point tensors, got {tensor.dtype}")
+        if bits not in (None, self.bits) or scale is not None:
+            raise ValueError(f"{self.name} is {self.bits} bits wide and takes no scale")
         wire = tensor.detach().reshape(-1).to(self.wire_dtype).contiguous()
         return Payload(
             data=wire.view(torch.uint8),
@@ -45,7 +59,7 @@ class FloatQuantizer(Quantizer):
             shape=tensor.shape,
             numel=tensor.numel(),
             dtype=tensor.dtype,
-            bits=8 * self.wire_dtype.itemsize,
+            bits=self.bits,
         )
 
     def decode(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -54,8 +68,31 @@ class FloatQuantizer(Quantizer):
             return out.copy_(values.reshape(out.shape))
         return values.to(payload.dtype).reshape(payload.shape)
 
-    def wire_nbytes(self, numel: int) -> int:
+    def wire_nbytes(self, numel: int, bits: int | None = None) -> int:
         return numel * self.wire_dtype.itemsize
+
+    def encode_summable(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None,
+        *,
+        world_size: int,
+        scale: torch.Tensor | None = None,
+    ) -> Payload:
+        """Cast to the wire dtype; fp16 divides by ``world_size`` first, as PyTorch's
+        ``fp16_compress_hook`` does, so that the sum stays in range."""
+        if self.wire_dtype == torch.float16:
+            tensor = tensor / world_size
+        return self.encode(tensor)
+
+    def summable(self, payload: Payload) -> torch.Tensor:
+        return payload.data.view(self.wire_dtype)
+
+    def decode_sum(
+        self, payload: Payload, summed: torch.Tensor, world_size: int, out: torch.Tensor
+    ) -> torch.Tensor:
+        out.copy_(summed.view(out.shape))
+        return out if self.wire_dtype == torch.float16 else out.div_(world_size)
 
 
 @register_quantizer("fp32")

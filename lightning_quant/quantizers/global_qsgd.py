@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_quant.collectives import Collective
 from lightning_quant.packing import pack, packed_nbytes, unpack
 from lightning_quant.quantizers import kernels
 from lightning_quant.quantizers.base import (
@@ -86,39 +87,67 @@ def worker_levels(bits: int, world_size: int) -> int:
 class GlobalQSGD(Quantizer):
     """Global-QSGD with standard (linear) dithering against a shared scale.
 
+    Up to :meth:`allreduce_limit` ranks, payloads from :meth:`encode_summable` add up in a
+    plain ``uint8`` SUM all-reduce. Beyond it the hook takes the reduce-scatter path, whose
+    payloads (:meth:`encode`, one worker's lanes at full width) are decoded one by one.
+
     Example::
 
         q = get_quantizer("global_qsgd", bits=8)
         scale = max over workers of g.abs().max()          # one allreduce(MAX)
-        payload = q.encode(g, scale=scale, world_size=n)
+        payload = q.encode_summable(g, gen, world_size=n, scale=scale)
         summed = allreduce(payload.data, SUM)              # uint8 lanes add without carry
         mean = q.decode(q.summed(payload, summed, n))
     """
 
     config_class = GlobalQSGDConfig
-    reducible = True
+    collectives = (Collective.ALLREDUCE, Collective.REDUCE_SCATTER)
+    shared_scale = True
     config: GlobalQSGDConfig
 
-    def wire_nbytes(self, numel: int) -> int:
-        return packed_nbytes(numel, self.config.bits) + SCALE_DTYPE.itemsize
+    def wire_nbytes(self, numel: int, bits: int | None = None) -> int:
+        return packed_nbytes(numel, self._bits(bits)) + SCALE_DTYPE.itemsize
+
+    def allreduce_limit(self) -> int:
+        return max_world_size(self.config.bits)
 
     def encode(
         self,
         tensor: torch.Tensor,
         generator: torch.Generator | None = None,
-        scale: float | torch.Tensor | None = None,
-        world_size: int = 1,
+        *,
+        bits: int | None = None,
+        scale: torch.Tensor | None = None,
     ) -> Payload:
-        """Quantize ``tensor`` against the shared ``scale``.
+        """Quantize one worker's ``tensor`` against ``scale`` at the lanes' full width.
 
         Args:
             tensor: floating-point tensor of any shape.
             generator: random stream for the dithering.
-            scale: the shared scale, at least ``max |tensor|`` on every worker (default:
-                this tensor's own max, i.e. a single worker).
-            world_size: number of workers whose payloads will be summed.
+            bits: must be ``None`` or the configured lane width.
+            scale: the shared scale, at least ``max |tensor|`` (default: this tensor's max).
         """
+        self._bits(bits)
+        return self._encode(tensor, generator, scale, 1, fused=kernels.supports(tensor))
+
+    def encode_summable(
+        self,
+        tensor: torch.Tensor,
+        generator: torch.Generator | None,
+        *,
+        world_size: int,
+        scale: torch.Tensor | None = None,
+    ) -> Payload:
+        """Quantize with ``s_w`` levels, so that ``world_size`` payloads sum without carry."""
         return self._encode(tensor, generator, scale, world_size, fused=kernels.supports(tensor))
+
+    def summable(self, payload: Payload) -> torch.Tensor:
+        return payload.data
+
+    def decode_sum(
+        self, payload: Payload, summed: torch.Tensor, world_size: int, out: torch.Tensor
+    ) -> torch.Tensor:
+        return self.decode(self.summed(payload, summed, world_size), out=out)
 
     def encode_eager(
         self,
@@ -129,6 +158,11 @@ class GlobalQSGD(Quantizer):
     ) -> Payload:
         """Quantize with plain torch ops on any device: the reference for the fused kernels."""
         return self._encode(tensor, generator, scale, world_size, fused=False)
+
+    def _bits(self, bits: int | None) -> int:
+        if bits is not None and bits != self.config.bits:
+            raise ValueError(f"global_qsgd lanes are {self.config.bits} bits wide, not {bits}")
+        return self.config.bits
 
     def _encode(
         self,

@@ -26,14 +26,12 @@ def _ddp(
     return nn.parallel.DistributedDataParallel(model.to(device), device_ids=ids, bucket_cap_mb=cap)
 
 
-def train_plain_ddp(
-    scheme: str, many_buckets: bool, steps: int = 6, device: str = "cpu", **settings
-) -> dict:
-    """Train with the hook on plain DDP; return parameters, statistics and bucket sizes."""
-    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+def _train(config: dict, many_buckets: bool, steps: int, device: str = "cpu") -> dict:
+    """Train a fresh MLP with the hook of ``make_comm_hook(**config)``; return parameters,
+    every step's statistics and the element counts of the buckets DDP handed over."""
     rank = dist.get_rank()
     ddp = _ddp(_mlp(), many_buckets, device)
-    state, hook = make_comm_hook(scheme, **settings)
+    state, hook = make_comm_hook(**config)
     state.bind(ddp)
     numels: list[list[int]] = []
 
@@ -56,8 +54,18 @@ def train_plain_ddp(
         stats.append(state.compression_stats())
     params = [p.detach().cpu().clone() for p in ddp.parameters()]
     del ddp, opt
+    gc.collect()
+    return {"params": params, "stats": stats, "numels": numels, "collective": state.collective}
+
+
+def train_plain_ddp(
+    scheme: str, many_buckets: bool, steps: int = 6, device: str = "cpu", **settings
+) -> dict:
+    """Train with the hook on plain DDP; return parameters, statistics and bucket sizes."""
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    result = _train({"scheme": scheme, **settings}, many_buckets, steps, device)
     _shutdown()
-    return {"params": params, "stats": stats, "numels": numels, "calls": state.calls}
+    return result
 
 
 def aggregated_gradients(scheme: str, draws: int, many_buckets: bool, **settings) -> dict:
@@ -92,3 +100,87 @@ def _shutdown() -> None:
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
+
+
+def train_each(configs: list[dict], steps: int = 4, many_buckets: bool = True) -> list[dict]:
+    """Train with each ``make_comm_hook`` config in turn, in one process group."""
+    dist.init_process_group("gloo")
+    results = [_train(config, many_buckets, steps) for config in configs]
+    _shutdown()
+    return results
+
+
+def two_stage_variance(scheme: str, draws: int, bits: int, single: str) -> dict:
+    """Quantized aggregates of one fixed gradient through a single-stage path (``single``)
+    and the reduce-scatter path, with the exact mean and every rank's own gradient."""
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    gen = torch.Generator().manual_seed(7 + rank)
+    x, y = torch.randn(8, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+
+    def gradient(module: nn.Module) -> torch.Tensor:
+        module.zero_grad()
+        nn.functional.cross_entropy(module(x), y).backward()
+        return torch.cat([p.grad.reshape(-1) for p in module.parameters()])
+
+    local = gradient(_mlp())
+    exact = gradient(_ddp(_mlp(), many_buckets=True))
+    samples = {}
+    for collective in (single, "reduce_scatter"):
+        ddp = _ddp(_mlp(), many_buckets=True)
+        state, hook = make_comm_hook(
+            scheme, bits=bits, collective=collective, min_compress_numel=0, seed=11
+        )
+        ddp.register_comm_hook(state.bind(ddp), hook)
+        samples[collective] = torch.stack([gradient(ddp) for _ in range(draws)])
+        del ddp
+    _shutdown()
+    return {"local": local, "exact": exact, "samples": samples}
+
+
+def error_feedback_ledger(scheme: str, bits: int, steps: int, **settings) -> dict:
+    """Reduce one fixed gradient ``steps`` times with error feedback on both stages.
+
+    Returns the outputs summed over the steps, this rank's own gradient, and both
+    residual memories (by parameter name) before and after those steps.
+    """
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    gen = torch.Generator().manual_seed(3 + rank)
+    x, y = torch.randn(8, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    model = _mlp()
+    names = [name for name, _ in model.named_parameters()]
+    ddp = _ddp(model, many_buckets=True)
+    settings = {"collective": "reduce_scatter", **settings}
+    state, hook = make_comm_hook(
+        scheme, bits=bits, error_feedback=True, min_compress_numel=0, **settings
+    )
+    ddp.register_comm_hook(state.bind(ddp), hook)
+
+    def step(ddp=ddp) -> dict[str, torch.Tensor]:
+        ddp.zero_grad()
+        nn.functional.cross_entropy(ddp(x), y).backward()  # no optimizer: a fixed gradient
+        grads = [p.grad.detach().double().clone() for p in ddp.parameters()]
+        return dict(zip(names, grads, strict=True))
+
+    def residuals() -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            "worker": {k: v.double() for k, v in state.worker_residuals.pieces().items()},
+            "owner": {k: v.double() for k, v in state.owner_residuals.pieces().items()},
+        }
+
+    for _ in range(2):  # DDP lays its buckets out anew after the first step
+        step()
+    before = residuals()
+    total: dict[str, torch.Tensor] = {}
+    for _ in range(steps):
+        for name, grad in step().items():
+            total[name] = total.get(name, 0) + grad
+    after = residuals()
+    local_model = _mlp()
+    local_model.zero_grad()
+    nn.functional.cross_entropy(local_model(x), y).backward()
+    local = {n: p.grad.detach().double() for n, p in local_model.named_parameters()}
+    del ddp
+    _shutdown()
+    return {"total": total, "local": local, "before": before, "after": after}

@@ -93,7 +93,6 @@ def fit_digits(
         "spooled": reporters[0].spooled if reporters else 0,
         "params": [p.detach().clone() for p in model.parameters()],
         "stats": list(used.stats_history),
-        "calls": state.calls,
         "bits_history": list(state.policy.history) if state.policy else [],
         "test_acc": tested["test_acc"],
         "global_step": trainer.global_step,

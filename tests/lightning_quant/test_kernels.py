@@ -106,7 +106,7 @@ def test_global_qsgd_matches_the_eager_layout() -> None:
     q = get_quantizer("global_qsgd", bits=8)
     workers = [torch.randn(3001, generator=gen(i)) for i in range(3)]
     scale = max(w.abs().max() for w in workers)
-    fast = [q.encode(w, gen(i), scale=scale, world_size=3) for i, w in enumerate(workers)]
+    fast = [q.encode_summable(w, gen(i), world_size=3, scale=scale) for i, w in enumerate(workers)]
     eager = [q.encode_eager(w, gen(i), scale=scale, world_size=3) for i, w in enumerate(workers)]
     for f, e in zip(fast, eager, strict=True):
         assert torch.equal(f.scales, e.scales) and f.data.shape == e.data.shape

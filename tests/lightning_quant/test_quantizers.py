@@ -208,7 +208,7 @@ def test_global_qsgd_never_overflows_at_the_extremes(bits: int) -> None:
     for n in range(1, max_world_size(bits) + 1):
         for sign in (1.0, -1.0):
             x = torch.full((37,), sign * scale)
-            payloads = [q.encode(x, scale=scale, world_size=n) for _ in range(n)]
+            payloads = [q.encode_summable(x, None, world_size=n, scale=scale) for _ in range(n)]
             mean = q.decode(q.summed(payloads[0], lane_sum(payloads), n))
             assert torch.allclose(mean, x), (n, sign)
 
@@ -217,7 +217,7 @@ def test_global_qsgd_refuses_a_world_size_it_cannot_hold() -> None:
     q = get_quantizer("global_qsgd", bits=4)
     assert max_world_size(4) == 7 and max_world_size(8) == 127
     with pytest.raises(ValueError, match="at most 7 workers"):
-        q.encode(torch.randn(10), world_size=8)
+        q.encode_summable(torch.randn(10), None, world_size=8)
     assert worker_levels(8, 2) == 63 and worker_levels(8, 127) == 1
 
 
@@ -228,7 +228,9 @@ def test_global_qsgd_sum_is_an_unbiased_mean(bits: int, n: int) -> None:
     workers = [vectors("heavy", 64, seed=10 + i) for i in range(n)]
     scale = max(w.abs().max() for w in workers)
     repeats = 2000
-    payloads = [q.encode(w.repeat(repeats), gen, scale=scale, world_size=n) for w in workers]
+    payloads = [
+        q.encode_summable(w.repeat(repeats), gen, world_size=n, scale=scale) for w in workers
+    ]
     mean = q.decode(q.summed(payloads[0], lane_sum(payloads), n)).view(repeats, -1).double()
     target = torch.stack(workers).mean(0).double()
     se = mean.std(0) / math.sqrt(repeats)

@@ -31,9 +31,10 @@ def test_training_run_is_recorded_with_its_configuration(api_server, tmp_path) -
         assert run["world_size"] == 2 and run["num_nodes"] == 2 and run["backend"] == "gloo"
         assert run["param_count"] > 10_000 and run["quantizer_config"]["name"] == "nuqsgd"
         assert run["final_accuracy"] == pytest.approx(results[0]["test_acc"])
-        assert run["total_wire_bytes"] == sum(s["wire_bytes"] for s in results[0]["stats"])
-        metrics = http.get(f"/runs/{run['id']}/metrics", params={"names": "wire_bytes"}).json()
-    assert [m["value"] for m in metrics["data"]] == [s["wire_bytes"] for s in results[0]["stats"]]
+        assert run["total_sent_bytes"] == sum(s["sent_bytes"] for s in results[0]["stats"])
+        assert run["collective"] == "allgather"  # auto at 2 ranks
+        metrics = http.get(f"/runs/{run['id']}/metrics", params={"names": "sent_bytes"}).json()
+    assert [m["value"] for m in metrics["data"]] == [s["sent_bytes"] for s in results[0]["stats"]]
 
 
 def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
@@ -69,7 +70,7 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
         steps = len(result["stats"])
         [(run_id, status)] = rows(server.database_path, "select id, status from run")
         assert status == "finished"
-        for name in ("loss", "wire_bytes", "encode_s"):
+        for name in ("loss", "sent_bytes", "encode_s"):
             stored = rows(
                 server.database_path,
                 "select step from metric where run_id=? and name=? order by step",
@@ -82,7 +83,7 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
 
 
 def test_eight_reporters_at_once_store_exact_counts(api_server, tmp_path) -> None:
-    steps, names = 2000, ("loss", "wire_bytes", "encode_s", "communicate_s", "decode_s")
+    steps, names = 2000, ("loss", "sent_bytes", "encode_s", "communicate_s", "decode_s")
 
     def report(i: int) -> None:
         client = ReportClient(

@@ -1,0 +1,79 @@
+"""Process groups as the hook sees them: members, this rank's place, and their nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+__all__ = ["Group", "mesh_groups", "node_mesh", "world_group"]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A process group and what counting its traffic needs.
+
+    Attributes:
+        process_group: the group handed to collectives (``None``: the default group).
+        ranks: its members as global ranks, in group-rank order.
+        index: this rank's position in ``ranks``.
+        node_of: the node of every global rank of the world.
+    """
+
+    process_group: dist.ProcessGroup | None
+    ranks: tuple[int, ...]
+    index: int
+    node_of: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+
+def world_group(process_group: dist.ProcessGroup | None, ranks_per_node: int = 1) -> Group:
+    """Describe ``process_group`` (default: the world), nodes of ``ranks_per_node`` ranks."""
+    if not dist.is_initialized():
+        return Group(process_group, (0,), 0, (0,))
+    world = dist.get_world_size()
+    ranks = tuple(
+        dist.get_process_group_ranks(process_group) if process_group is not None else range(world)
+    )
+    index = dist.get_rank(process_group)
+    return Group(process_group, ranks, index, tuple(r // ranks_per_node for r in range(world)))
+
+
+def node_mesh(ranks_per_node: int, device_type: str) -> DeviceMesh:
+    """Build the (node, local) mesh of the world, collectively: every rank must call it.
+
+    Global rank ``r`` sits on node ``r // ranks_per_node`` as local rank
+    ``r % ranks_per_node``, Lightning's and torchrun's numbering.
+
+    Raises:
+        ValueError: the world size is not a whole number of nodes of ``ranks_per_node``.
+    """
+    world = dist.get_world_size()
+    if ranks_per_node < 1 or world % ranks_per_node:
+        raise ValueError(
+            f"a world of {world} ranks does not fit nodes of {ranks_per_node} ranks each; "
+            "every node must hold the same number of ranks"
+        )
+    return init_device_mesh(
+        device_type, (world // ranks_per_node, ranks_per_node), mesh_dim_names=("node", "local")
+    )
+
+
+def mesh_groups(mesh: DeviceMesh) -> tuple[Group, Group]:
+    """Return the ``(local, node)`` groups of this rank in a (node, local) mesh.
+
+    ``local`` holds the ranks of this rank's node; ``node`` the ranks of the same local
+    index on every node, one per node.
+    """
+    nodes = {rank: node for node, row in enumerate(mesh.mesh.tolist()) for rank in row}
+    node_of = tuple(nodes[rank] for rank in range(len(nodes)))
+    groups = []
+    for name in ("local", "node"):
+        process_group = mesh.get_group(name)
+        ranks = tuple(dist.get_process_group_ranks(process_group))
+        groups.append(Group(process_group, ranks, dist.get_rank(process_group), node_of))
+    return groups[0], groups[1]

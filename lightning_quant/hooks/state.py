@@ -1,0 +1,225 @@
+"""The state a quantized DDP hook keeps: settings, per-step memory and statistics."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+from lightning_quant.collectives import AUTO, choose_collective
+from lightning_quant.hooks.feedback import ResidualMemory
+from lightning_quant.hooks.groups import Group, mesh_groups, node_mesh, world_group
+from lightning_quant.hooks.pipeline import Pipeline
+from lightning_quant.hooks.stats import StepStats
+from lightning_quant.quantizers import Quantizer, get_quantizer
+
+__all__ = ["DEFAULT_MIN_COMPRESS_NUMEL", "QuantizedCommState", "use_hierarchy"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIN_COMPRESS_NUMEL = 1024
+
+
+class QuantizedCommState:
+    """Settings, per-bucket memory and statistics of :func:`quantized_hook`.
+
+    Args:
+        quantizer: a :class:`Quantizer` or a registry name (then ``**quantizer_config``).
+        process_group: the group to reduce over (default: the whole world).
+        error_feedback: add each bucket's previous quantization error before encoding.
+        min_compress_numel: buckets with fewer elements go as a plain fp32 allreduce.
+        seed: base seed; rank ``r`` draws from its own stream seeded ``seed + r``.
+        collective: ``"auto"``, or one the scheme declares (``"allgather"``,
+            ``"reduce_scatter"``, ``"allreduce"``); see
+            :func:`lightning_quant.collectives.choose_collective`.
+        ranks_per_node: ranks on each node, ordered by node (global rank ``r`` is on node
+            ``r // ranks_per_node``): for counting the bytes that leave a node, and the
+            hierarchical path's layout.
+        hierarchical: reduce inside each node at full precision and quantize only between
+            nodes (:func:`~lightning_quant.hooks.paths.hierarchical`); ``"auto"`` does
+            when there is more than one node and more than one rank per node.
+        mesh: the (node, local) :class:`~torch.distributed.device_mesh.DeviceMesh` of the
+            hierarchical path; built from ``ranks_per_node`` when not given (collectively:
+            every rank must construct its state).
+        intra_dtype: the float dtype the hierarchical path reduces in inside a node.
+    """
+
+    def __init__(
+        self,
+        quantizer: Quantizer | str = "qsgd",
+        process_group: dist.ProcessGroup | None = None,
+        error_feedback: bool = False,
+        min_compress_numel: int = DEFAULT_MIN_COMPRESS_NUMEL,
+        seed: int = 0,
+        collective: str = AUTO,
+        ranks_per_node: int = 1,
+        hierarchical: bool | str = False,
+        mesh: DeviceMesh | None = None,
+        intra_dtype: torch.dtype = torch.float32,
+        **quantizer_config: Any,
+    ) -> None:
+        # settings
+        if isinstance(quantizer, str):
+            quantizer = get_quantizer(quantizer, **quantizer_config)
+        elif quantizer_config:
+            raise ValueError("pass settings either in the Quantizer instance or as keywords")
+        if min_compress_numel < 0:
+            raise ValueError(f"min_compress_numel must be >= 0, got {min_compress_numel}")
+        if ranks_per_node < 1:
+            raise ValueError(f"ranks_per_node must be >= 1, got {ranks_per_node}")
+        self.quantizer = quantizer
+        self.error_feedback = error_feedback and quantizer.lossy
+        self.min_compress_numel = min_compress_numel
+        self.seed = seed
+        if not intra_dtype.is_floating_point:
+            raise ValueError(f"intra_dtype must be a float dtype, got {intra_dtype}")
+        self.intra_dtype = intra_dtype
+        self.group: Group = world_group(process_group, ranks_per_node)
+        self.hierarchical = use_hierarchy(hierarchical, self.group.size, ranks_per_node)
+        self.local_group: Group | None = None  # the hierarchical path's groups
+        self.node_group: Group | None = None
+        if self.hierarchical and dist.is_initialized():
+            if mesh is None:
+                backend = dist.get_backend(process_group)
+                mesh = node_mesh(ranks_per_node, "cuda" if backend == "nccl" else "cpu")
+            self.local_group, self.node_group = mesh_groups(mesh)
+        # the quantized collective runs among one rank per node on the hierarchical path
+        reducing = self.node_group or self.group
+        self.collective = choose_collective(
+            quantizer.name,
+            quantizer.collectives,
+            collective,
+            reducing.size,
+            quantizer.allreduce_limit(),
+        )
+        # internal state
+        self.step = 0
+        self.last_grad_norm: float | None = None  # of the previous step's aggregated gradient
+        self.policy = quantizer.make_policy()
+        self.powersgd: Any = None  # PowerSGDState when running PyTorch's PowerSGD as a peer
+        self._param_names: dict[int, str] = {}
+        self.worker_residuals = ResidualMemory(self._param_names)  # what this rank's encoding lost
+        self.owner_residuals = ResidualMemory(self._param_names)  # re-encoding of owned shards
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self.pipeline = Pipeline()  # buckets whose later stages wait for a hook body
+        # statistics
+        self.current = StepStats(world_size=self.group.size)
+
+    @property
+    def rank(self) -> int:
+        return self.group.index
+
+    @property
+    def world_size(self) -> int:
+        return self.group.size
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def bind(self, model: nn.Module) -> QuantizedCommState:
+        """Learn the parameter names of ``model`` and check it can be quantized.
+
+        Names make error-feedback residuals portable across bucket layouts and
+        checkpoints. Raises ``TypeError`` for a trainable non-floating parameter.
+        """
+        module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        for name, param in module.named_parameters():
+            if param.requires_grad and not param.is_floating_point():
+                raise TypeError(f"parameter {name!r} is {param.dtype}: only floating gradients")
+            self._param_names[id(param)] = name
+        return self
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """Return this rank's random stream on ``device`` (seeded ``seed + rank``)."""
+        if device not in self._generators:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed + self.rank)
+            self._generators[device] = gen
+        return self._generators[device]
+
+    # --- per-step bookkeeping --------------------------------------------------------------
+
+    def begin_bucket(self, bucket: dist.GradBucket) -> StepStats:
+        """Count the bucket; at bucket 0 open a new step and pick its width (DQ-SGD)."""
+        if bucket.index() == 0:
+            if self.current.buckets:
+                self.step += 1
+                self.last_grad_norm = math.sqrt(self.current.grad_sq_norm)
+            self.current = StepStats(step=self.step, world_size=self.world_size)
+            bits = self.quantizer.bits
+            self.current.bits = self.policy.choose(self.last_grad_norm) if self.policy else bits
+        tensor = bucket.buffer()
+        self.current.add(buckets=1, raw_bytes=tensor.numel() * tensor.element_size())
+        return self.current
+
+    def compression_stats(self) -> dict[str, float]:
+        """Return the figures of the latest step (complete once its backward has finished)."""
+        return self.current.as_dict()
+
+    # --- checkpointing ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return this rank's step, policy, residuals (by parameter) and random streams."""
+        done = bool(self.current.buckets)  # the current step's backward has finished
+        return {
+            "step": self.step + done,
+            "last_grad_norm": math.sqrt(self.current.grad_sq_norm) if done else self.last_grad_norm,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "collective": str(self.collective),
+            "hierarchical": self.hierarchical,
+            "policy": self.policy.state_dict() if self.policy is not None else None,
+            "residuals": self.worker_residuals.state_dict(),
+            "owner_residuals": self.owner_residuals.state_dict(),
+            "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; residuals attach to their buckets lazily."""
+        # residuals are laid out by rank, collective and path: only the same layout keeps them
+        saved = (state.get("world_size"), state.get("collective"), state.get("hierarchical"))
+        now = (self.world_size, str(self.collective), self.hierarchical)
+        same_layout = saved == now
+        if not same_layout:
+            log.warning(
+                "comm state saved for (world size, collective, hierarchical) %s, now %s: "
+                "starting error feedback afresh",
+                saved, now,
+            )  # fmt: skip
+        self.step = int(state["step"])
+        if self.policy is not None and state.get("policy") is not None:
+            self.policy.load_state_dict(state["policy"])
+        for name, gen_state in state.get("generators", {}).items():
+            self.generator(torch.device(name)).set_state(gen_state)
+        self.worker_residuals.load_state_dict(state.get("residuals", {}) if same_layout else {})
+        self.owner_residuals.load_state_dict(
+            state.get("owner_residuals", {}) if same_layout else {}
+        )
+        self.last_grad_norm = state.get("last_grad_norm")
+        self.current = StepStats(step=self.step, world_size=self.world_size)
+
+
+def use_hierarchy(hierarchical: bool | str, world_size: int, ranks_per_node: int) -> bool:
+    """Resolve ``hierarchical`` (``True``, ``False`` or ``"auto"``) for this layout.
+
+    ``auto`` is on when there is more than one node and more than one rank per node.
+
+    Raises:
+        ValueError: an unknown value, or ``True`` for a world that is not a whole number
+            of nodes of ``ranks_per_node`` ranks.
+    """
+    if hierarchical not in (True, False, AUTO):
+        raise ValueError(f"hierarchical must be True, False or 'auto', got {hierarchical!r}")
+    fits = world_size % ranks_per_node == 0
+    if hierarchical is True and not fits:
+        raise ValueError(
+            f"a world of {world_size} ranks does not fit nodes of {ranks_per_node} ranks; "
+            "the hierarchical path needs every node to hold the same number of ranks"
+        )
+    if hierarchical == AUTO:
+        return fits and ranks_per_node > 1 and world_size // ranks_per_node > 1
+    return bool(hierarchical)

@@ -1,0 +1,97 @@
+"""What one optimizer step's communication cost this rank, by name."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from lightning_quant.collectives import fp32_allreduce_bytes
+
+__all__ = ["STEP_METRICS", "StepStats"]
+
+# What every optimizer step reports, by name (``StepStats.as_dict``'s keys but "step").
+STEP_METRICS = (
+    "buckets",
+    "raw_bytes",
+    "payload_bytes",
+    "sent_bytes",
+    "inter_node_bytes",
+    "intra_node_bytes",
+    "compression_ratio",
+    "collectives",
+    "rounds",
+    "encode_s",
+    "communicate_s",
+    "decode_s",
+    "bits",
+)
+
+
+@dataclass
+class StepStats:
+    """Communication figures of one optimizer step, on this rank.
+
+    Attributes:
+        raw_bytes: the gradient's bytes (the buckets as DDP hands them over).
+        payload_bytes: bytes this rank handed to collectives (its encoded payloads).
+        sent_bytes: bytes this rank transmitted, from the algorithms of the collectives it
+            launched (:mod:`lightning_quant.collectives`); ``inter_node_bytes`` of them
+            went to other nodes.
+        collectives / rounds: collectives launched, and their sequential message rounds.
+    """
+
+    step: int = 0
+    buckets: int = 0
+    raw_bytes: int = 0
+    payload_bytes: int = 0
+    sent_bytes: int = 0
+    inter_node_bytes: int = 0
+    collectives: int = 0
+    rounds: int = 0
+    encode_s: float = 0.0
+    communicate_s: float = 0.0
+    decode_s: float = 0.0
+    bits: int = 0
+    world_size: int = 1
+    # squared norms of the aggregated buckets, by bucket index (identical on every rank)
+    bucket_sq_norms: dict[int, float] = field(default_factory=dict)
+    # future callbacks run on gloo/NCCL threads, possibly two at once
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def grad_sq_norm(self) -> float:
+        """Squared norm of the aggregated gradient, summed in bucket order, so every rank
+        gets the same float whatever order its buckets completed in."""
+        return sum(self.bucket_sq_norms[i] for i in sorted(self.bucket_sq_norms))
+
+    @property
+    def compression_ratio(self) -> float:
+        """fp32 DDP's sent bytes at this world size over this step's (0 when nothing went)."""
+        baseline = fp32_allreduce_bytes(self.raw_bytes, self.world_size)
+        return baseline / self.sent_bytes if self.sent_bytes else 0.0
+
+    def add(self, **amounts: float) -> None:
+        """Add to counters from any thread."""
+        with self.lock:
+            for name, value in amounts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the seconds the block takes to the counter ``name``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(**{name: time.perf_counter() - start})
+
+    @property
+    def intra_node_bytes(self) -> int:
+        return self.sent_bytes - self.inter_node_bytes
+
+    def as_dict(self) -> dict[str, float]:
+        """Return ``step`` and every :data:`STEP_METRICS` figure."""
+        return {"step": self.step, **{name: getattr(self, name) for name in STEP_METRICS}}
