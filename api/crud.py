@@ -61,10 +61,12 @@ def _fill_derived(run: Run, *, changed: Iterable[str], now: datetime) -> None:
     changed = set(changed)
     if run.status in _FINAL_STATUSES and run.finished_at is None:
         run.finished_at = now
-    bytes_changed = changed & {"total_raw_bytes", "total_wire_bytes"}
-    if bytes_changed and "compression_ratio" not in changed:
-        raw, wire = run.total_raw_bytes, run.total_wire_bytes
-        run.compression_ratio = raw / wire if raw is not None and wire else None
+    derived_from = {"total_raw_bytes", "total_sent_bytes", "world_size"}
+    if changed & derived_from and "compression_ratio" not in changed:
+        raw, sent, n = run.total_raw_bytes, run.total_sent_bytes, run.world_size
+        # what fp32 DDP's ring all-reduce sends at this world size, over what this run sent
+        fp32 = 2 * (n - 1) / n * raw if raw is not None and n else None
+        run.compression_ratio = fp32 / sent if fp32 and sent else None
 
 
 def _set_tags(*, session: Session, run: Run) -> None:
@@ -95,6 +97,7 @@ def _run_conditions(filters: RunFilters) -> list[ColumnElement[bool]]:
     for column, values in (
         (Run.scheme, filters.scheme),
         (Run.bits, filters.bits),
+        (Run.collective, filters.collective),
         (Run.status, [status.value for status in filters.status]),
         (Run.dataset, filters.dataset),
         (Run.model_name, filters.model),
@@ -174,7 +177,7 @@ def compare_runs(
         run = runs[run_id]
         summary = RunSummary.model_validate(run)
         summary.speedup = _ratio(baseline.mean_step_s, run.mean_step_s)
-        summary.wire_bytes_ratio = _ratio(run.total_wire_bytes, baseline.total_wire_bytes)
+        summary.sent_bytes_ratio = _ratio(run.total_sent_bytes, baseline.total_sent_bytes)
         summary.loss_delta = _difference(run.final_loss, baseline.final_loss)
         summary.accuracy_delta = _difference(run.final_accuracy, baseline.final_accuracy)
         error = _difference(run.predicted_step_s, run.mean_step_s)

@@ -187,6 +187,7 @@ class RunBase(SQLModel):
     # setup
     scheme: Label = Field(max_length=64, index=True)
     bits: Bits | None = Field(default=None, index=True)
+    collective: Label | None = Field(default=None, max_length=32, index=True)
     bucket_size: int | None = Field(default=None, ge=1, le=MAX_INT, sa_type=BigInteger)
     world_size: int | None = Field(default=None, ge=1, le=1_000_000)
     num_nodes: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -204,9 +205,12 @@ class RunBase(SQLModel):
     # summary figures
     final_loss: FiniteFloat | None = None
     final_accuracy: FiniteFloat | None = None
-    total_raw_bytes: Count | None = Field(default=None, sa_type=BigInteger)
-    total_wire_bytes: Count | None = Field(default=None, sa_type=BigInteger)
-    compression_ratio: Seconds | None = None  # raw / wire bytes, computed when omitted
+    total_raw_bytes: Count | None = Field(default=None, sa_type=BigInteger)  # the gradient
+    total_payload_bytes: Count | None = Field(default=None, sa_type=BigInteger)  # encoded
+    total_sent_bytes: Count | None = Field(default=None, sa_type=BigInteger)  # transmitted
+    # fp32 DDP's sent bytes at the same world size over total_sent_bytes; computed when
+    # omitted, from ring all-reduce's 2 (n-1)/n of the raw bytes
+    compression_ratio: Seconds | None = None
     mean_step_s: Seconds | None = None
     mean_encode_s: Seconds | None = None
     mean_communicate_s: Seconds | None = None
@@ -287,12 +291,14 @@ class RunSortField(StrEnum):
     status = "status"
     scheme = "scheme"
     bits = "bits"
+    collective = "collective"
     world_size = "world_size"
     param_count = "param_count"
     final_loss = "final_loss"
     final_accuracy = "final_accuracy"
     total_raw_bytes = "total_raw_bytes"
-    total_wire_bytes = "total_wire_bytes"
+    total_payload_bytes = "total_payload_bytes"
+    total_sent_bytes = "total_sent_bytes"
     compression_ratio = "compression_ratio"
     mean_step_s = "mean_step_s"
     mean_encode_s = "mean_encode_s"
@@ -315,6 +321,7 @@ class RunFilters(SQLModel):
 
     scheme: Labels = []
     bits: BitsList = []
+    collective: Labels = []
     status: Statuses = []
     dataset: Labels = []
     model: Labels = []
@@ -330,6 +337,7 @@ class RunSummary(SQLModel):
     name: str
     scheme: str
     bits: int | None
+    collective: str | None
     status: RunStatus
     world_size: int | None
     num_nodes: int | None
@@ -338,7 +346,8 @@ class RunSummary(SQLModel):
     final_loss: float | None
     final_accuracy: float | None
     total_raw_bytes: int | None
-    total_wire_bytes: int | None
+    total_payload_bytes: int | None
+    total_sent_bytes: int | None
     compression_ratio: float | None
     mean_step_s: float | None
     mean_encode_s: float | None
@@ -348,8 +357,8 @@ class RunSummary(SQLModel):
     summary: dict[str, Any]
     # baseline.mean_step_s / mean_step_s: above 1 means faster than the baseline
     speedup: float | None = None
-    # total_wire_bytes / baseline.total_wire_bytes
-    wire_bytes_ratio: float | None = None
+    # total_sent_bytes / baseline.total_sent_bytes
+    sent_bytes_ratio: float | None = None
     # final_loss - baseline.final_loss, final_accuracy - baseline.final_accuracy
     loss_delta: float | None = None
     accuracy_delta: float | None = None

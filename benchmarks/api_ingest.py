@@ -49,7 +49,7 @@ __all__ = ["main", "running_server"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMES = ("qsgd", "nuqsgd", "qsgd_inf", "dqsgd", "global_qsgd", "fp32")
-NAMES = ("loss", "accuracy", "step_s", "encode_s", "communicate_s", "wire_bytes")
+NAMES = ("loss", "accuracy", "step_s", "encode_s", "communicate_s", "sent_bytes")
 INGEST_GOAL = 20_000  # points/s
 LATENCY_GOAL_MS = 200.0  # p95
 
@@ -112,7 +112,7 @@ def run_body(scheme: str, index: int, rng: random.Random) -> dict[str, object]:
         "final_loss": 0.2 + 0.3 / bits + 0.05 * rng.random(),
         "final_accuracy": 0.9 - 0.2 / bits,
         "total_raw_bytes": raw,
-        "total_wire_bytes": raw * bits // 32,
+        "total_sent_bytes": raw * bits // 32,
         "mean_step_s": step_s,
         "mean_encode_s": 0.004,
         "mean_communicate_s": step_s - 0.058,

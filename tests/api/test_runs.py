@@ -52,7 +52,7 @@ def test_patch_changes_only_the_fields_sent(client):
         "final_loss": 0.25,
         "final_accuracy": 0.91,
         "total_raw_bytes": 8_000,
-        "total_wire_bytes": 1_000,
+        "total_sent_bytes": 1_500,
         "mean_step_s": 0.2,
         "predicted_step_s": 0.19,
         "summary": {"best_accuracy": 0.92},
@@ -63,7 +63,8 @@ def test_patch_changes_only_the_fields_sent(client):
     patched = response.json()
     for field, value in update.items():
         assert patched[field] == value, field
-    assert patched["compression_ratio"] == 8.0  # raw / wire, as none was sent
+    # fp32 DDP's 2 (n-1)/n of the raw bytes over the sent ones, as none was sent (n = 4)
+    assert patched["compression_ratio"] == pytest.approx(1.5 * 8_000 / 1_500)
     unchanged = set(run) - set(update) - {"updated_at", "finished_at", "compression_ratio"}
     assert {f: patched[f] for f in unchanged} == {f: run[f] for f in unchanged}
     # the tag filter follows the new tags
@@ -213,7 +214,8 @@ def test_bad_list_parameters_are_422_naming_the_parameter(client, params, field)
         ({"name": ""}, "name"),
         ({"bits": 0}, "bits"),
         ({"bits": 2**70}, "bits"),
-        ({"total_wire_bytes": 2**64}, "total_wire_bytes"),
+        ({"total_sent_bytes": 2**64}, "total_sent_bytes"),
+        ({"collective": "a,b"}, "collective"),
         ({"total_raw_bytes": -1}, "total_raw_bytes"),
         ({"world_size": "four"}, "world_size"),
         ({"tags": "a"}, "tags"),
@@ -278,9 +280,10 @@ def test_compare_puts_runs_side_by_side_with_ratios_to_the_baseline(client, cata
         assert row["mean_step_s"] == run["mean_step_s"]
         assert row["speedup"] == pytest.approx(baseline["mean_step_s"] / run["mean_step_s"])
         assert row["speedup"] > 1  # quantized runs send less and step faster here
-        assert row["wire_bytes_ratio"] == pytest.approx(
-            run["total_wire_bytes"] / baseline["total_wire_bytes"]
+        assert row["sent_bytes_ratio"] == pytest.approx(
+            run["total_sent_bytes"] / baseline["total_sent_bytes"]
         )
+        assert row["collective"] == run["collective"]
         assert row["loss_delta"] == pytest.approx(run["final_loss"] - baseline["final_loss"])
         assert row["prediction_error"] == pytest.approx(
             (run["predicted_step_s"] - run["mean_step_s"]) / run["mean_step_s"]

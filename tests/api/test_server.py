@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.utils.api_server import running_api_server
-from tests.utils.factories import SCHEMES, metric_points, run_payload, seed_runs
+from tests.utils.factories import METRIC_NAMES, SCHEMES, metric_points, run_payload, seed_runs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -22,13 +22,14 @@ def test_runs_and_metrics_are_in_sqlite_and_survive_a_restart(api_server):
         stored = connection.execute("SELECT id, scheme FROM run ORDER BY id").fetchall()
         points = connection.execute("SELECT count(*) FROM metric").fetchone()[0]
     assert stored == [(run["id"], run["scheme"]) for run in runs]
-    assert points == 3 * 40 * 9
+    assert points == 3 * 40 * len(METRIC_NAMES)
 
     api_server.restart()
     with api_server.client() as client:
         listed = client.get("/runs", params={"sort": "id", "order": "asc"}).json()
         assert [run["id"] for run in listed["data"]] == [run["id"] for run in runs]
-        assert client.get(f"/runs/{runs[0]['id']}/metrics/names").json()["count"] == 9
+        names = client.get(f"/runs/{runs[0]['id']}/metrics/names").json()
+        assert names["count"] == len(METRIC_NAMES)
 
 
 def test_concurrent_batches_from_several_clients_all_land(api_server):

@@ -29,7 +29,8 @@ METRIC_NAMES = (
     "loss",
     "accuracy",
     "raw_bytes",
-    "wire_bytes",
+    "payload_bytes",
+    "sent_bytes",
     "encode_s",
     "communicate_s",
     "decode_s",
@@ -41,6 +42,8 @@ METRIC_NAMES = (
 REPORTER_METRIC_NAMES = (*METRIC_NAMES, "compression_ratio", "buckets")
 
 PARAM_COUNT = 11_689_512  # ResNet-18
+WORLD_SIZE = 4  # the runs' ranks: the reduce-scatter and all-reduce send 2 (n-1)/n
+RING = 2 * (WORLD_SIZE - 1) / WORLD_SIZE
 BUCKET_SIZE = 512
 BUCKET_CAP_BYTES = 25 * 2**20  # DDP's default bucket_cap_mb
 
@@ -66,8 +69,8 @@ def scheme_setup(scheme: str, bits: int | None = None) -> dict[str, Any]:
     return {"bits": bits, "bucket_size": BUCKET_SIZE, "quantizer_config": config}
 
 
-def _wire_fraction(scheme: str, bits: int) -> float:
-    """Wire bytes over fp32 bytes: the codes plus one fp32 scale per bucket."""
+def _payload_fraction(scheme: str, bits: int) -> float:
+    """Payload bytes over fp32 bytes: the codes plus one fp32 scale per bucket."""
     if scheme == "fp32":
         return 1.0
     if scheme == "global_qsgd":
@@ -78,7 +81,8 @@ def _wire_fraction(scheme: str, bits: int) -> float:
 def _mean_step_s(scheme: str, bits: int) -> float:
     """The expected step time of ``_curve``, which spaces the points' wall times."""
     codec = 0.0 if scheme == "fp32" else 0.00425 + 0.00325
-    return 0.05 * 1.025 + codec + 4.0 * PARAM_COUNT * _wire_fraction(scheme, bits) / 1.25e9 * 1.05
+    sent = RING * 4.0 * PARAM_COUNT * _payload_fraction(scheme, bits)
+    return 0.05 * 1.025 + codec + sent / 1.25e9 * 1.05
 
 
 def _dqsgd_bits(progress: float) -> int:
@@ -95,17 +99,19 @@ def _curve(scheme: str, bits: int, step: int, steps: int, rng: random.Random) ->
     loss = (2.3 * math.exp(-4 * progress) + 0.15 + penalty) * (1 + 0.03 * rng.gauss(0, 1))
     accuracy = min(0.99, (0.93 - penalty) * (1 - math.exp(-5 * progress)) + 0.1)
     raw = 4.0 * PARAM_COUNT
-    wire = raw * _wire_fraction(scheme, bits)
+    payload = raw * _payload_fraction(scheme, bits)
+    sent = RING * payload
     encode = 0.0 if scheme == "fp32" else 0.004 + 0.0005 * rng.random()
     decode = 0.0 if scheme == "fp32" else 0.003 + 0.0005 * rng.random()
-    communicate = wire / 1.25e9 * (1 + 0.1 * rng.random())  # about 10 Gbit/s
+    communicate = sent / 1.25e9 * (1 + 0.1 * rng.random())  # about 10 Gbit/s
     compute = 0.05 * (1 + 0.05 * rng.random())
     return {
         "loss": max(loss, 0.01),
         "accuracy": max(accuracy, 0.0),
         "raw_bytes": raw,
-        "wire_bytes": wire,
-        "compression_ratio": raw / wire,
+        "payload_bytes": payload,
+        "sent_bytes": sent,
+        "compression_ratio": RING * raw / sent,
         "encode_s": encode,
         "communicate_s": communicate,
         "decode_s": decode,
@@ -160,7 +166,7 @@ def run_payload(
     seed: int = 0,
     steps: int = 100,
     status: str = "finished",
-    world_size: int = 4,
+    world_size: int = WORLD_SIZE,
     dataset: str = "cifar10",
     model_name: str = "resnet18",
     tags: list[str] | None = None,
@@ -180,6 +186,7 @@ def run_payload(
         "status": status,
         "scheme": scheme,
         "bits": bits,
+        "collective": "allreduce" if scheme in ("fp32", "global_qsgd") else "reduce_scatter",
         "bucket_size": setup["bucket_size"],
         "world_size": world_size,
         "num_nodes": 1,
@@ -217,13 +224,14 @@ def run_payload(
             return sum(v[name] for v in values) / len(values)
 
         raw = int(sum(v["raw_bytes"] for v in values))
-        wire = int(sum(v["wire_bytes"] for v in values))
+        sent = int(sum(v["sent_bytes"] for v in values))
         payload |= {
             "final_loss": values[-1]["loss"],
             "final_accuracy": values[-1]["accuracy"],
             "total_raw_bytes": raw,
-            "total_wire_bytes": wire,
-            "compression_ratio": raw / wire,
+            "total_payload_bytes": int(sum(v["payload_bytes"] for v in values)),
+            "total_sent_bytes": sent,
+            "compression_ratio": RING * raw / sent,
             "mean_step_s": mean("step_s"),
             "mean_encode_s": mean("encode_s"),
             "mean_communicate_s": mean("communicate_s"),
