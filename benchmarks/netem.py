@@ -1,11 +1,17 @@
 """Emulated network links between training ranks on one machine.
 
-Each rank gets its own network namespace and one interface in ``10.200.0.0/24``
-(rank ``r`` is ``10.200.0.(r+1)``). Two ranks are joined by a veth pair; more ranks by a
-bridge in a hub namespace with one veth per rank. A shaped link puts a ``tbf`` qdisc on
-both directions of every rank's link: the rank's egress in its own namespace and, with a
-bridge, the bridge port's egress toward the rank. ``netem`` is not available on this
-project's machines, so there is no added delay; see ``/work/shared/NETWORK-EMULATION.md``.
+Each node gets its own network namespace and one interface in ``10.200.0.0/24``
+(node ``i`` is ``10.200.0.(i+1)``). Two nodes are joined by a veth pair; more nodes by a
+bridge in a hub namespace with one veth per node. A shaped link puts a ``tbf`` qdisc on
+both directions of every node's link: the node's egress in its own namespace and, with a
+bridge, the bridge port's egress toward the node.
+
+A node holds ``ranks_per_node`` ranks (default 1): they share its interface and talk to
+each other over the namespace's loopback, unshaped, as the GPUs of one machine do over
+NVLink; only traffic between nodes crosses the shaped link and its byte counters.
+
+``netem`` is not available on this project's machines, so there is no added delay; see
+``/work/shared/NETWORK-EMULATION.md``.
 
 Nothing is routed anywhere else: the namespaces hold only the addresses created here and
 no default route. Everything created is removed on normal exit, on an exception, on
@@ -59,7 +65,7 @@ log = logging.getLogger(__name__)
 SUBNET = "10.200.0.0/24"
 NETNS_PREFIX = "lqnet-"
 DEFAULT_MASTER_PORT = 29500
-_MAX_RANKS = 253  # 10.200.0.1 .. 10.200.0.253
+_MAX_NODES = 253  # 10.200.0.1 .. 10.200.0.253
 _IP_TIMEOUT_S = 30.0
 
 
@@ -251,24 +257,29 @@ class EmulatedNetwork:
     created before ``__enter__``.
 
     Attributes:
-        world_size: number of ranks.
-        link: the :class:`LinkPreset` every rank's link uses.
-        hosts: one :class:`Host` per rank, indexed by rank.
+        nodes: number of nodes (namespaces joined by links).
+        ranks_per_node: ranks each node holds.
+        world_size: ``nodes * ranks_per_node``.
+        link: the :class:`LinkPreset` every node's link uses.
+        hosts: one :class:`Host` per node, indexed by node.
         hub: the namespace holding the bridge (more than two ranks), else ``None``.
         master_port: the port :meth:`command` hands out by default.
     """
 
     def __init__(
         self,
-        world_size: int,
+        nodes: int,
         link: str | LinkPreset = "none",
         *,
+        ranks_per_node: int = 1,
         prefix: str = NETNS_PREFIX,
         master_port: int = DEFAULT_MASTER_PORT,
         install_signal_handlers: bool = True,
     ) -> None:
-        if not 2 <= world_size <= _MAX_RANKS:
-            raise ValueError(f"world_size must be between 2 and {_MAX_RANKS}, got {world_size}")
+        if not 2 <= nodes <= _MAX_NODES:
+            raise ValueError(f"nodes must be between 2 and {_MAX_NODES}, got {nodes}")
+        if ranks_per_node < 1:
+            raise ValueError(f"ranks_per_node must be >= 1, got {ranks_per_node}")
         if isinstance(link, str):
             try:
                 link = LINK_PRESETS[link]
@@ -278,7 +289,9 @@ class EmulatedNetwork:
                 ) from None
         if not 1024 <= master_port <= 65535 - 1000:
             raise ValueError(f"master_port must be between 1024 and 64535, got {master_port}")
-        self.world_size = world_size
+        self.nodes = nodes
+        self.ranks_per_node = ranks_per_node
+        self.world_size = nodes * ranks_per_node
         self.link = link
         self.master_port = master_port
         self._next_port = master_port + 1
@@ -294,11 +307,11 @@ class EmulatedNetwork:
                 interface=f"v{tag}.{rank}",
                 address=f"10.200.0.{rank + 1}",
             )
-            for rank in range(world_size)
+            for rank in range(nodes)
         ]
-        self.hub = f"{prefix}{pid}-{seq}-hub" if world_size > 2 else None
+        self.hub = f"{prefix}{pid}-{seq}-hub" if nodes > 2 else None
         self._bridge = f"b{tag}"
-        self._ports = [f"p{tag}.{rank}" for rank in range(world_size)]
+        self._ports = [f"p{tag}.{rank}" for rank in range(nodes)]
         for name in (*(h.interface for h in self.hosts), self._bridge, *self._ports):
             if len(name) > 15:
                 raise ValueError(f"interface name {name!r} is longer than 15 characters")
@@ -320,19 +333,21 @@ class EmulatedNetwork:
     ) -> dict[str, str]:
         """Return the rendezvous variables for ``rank``, updated with ``extra``.
 
-        ``GLOO_SOCKET_IFNAME`` is the rank's interface, ``MASTER_ADDR`` rank 0's address,
-        ``RANK``/``NODE_RANK`` the rank (one Lightning node per rank), ``LOCAL_RANK`` 0.
+        ``GLOO_SOCKET_IFNAME`` is the interface of the rank's node, ``MASTER_ADDR`` node
+        0's address; ranks are numbered by node (``NODE_RANK = rank // ranks_per_node``,
+        ``LOCAL_RANK = rank % ranks_per_node``), as Lightning and torchrun number them.
         """
-        host = self.hosts[rank]
+        node, local = divmod(rank, self.ranks_per_node)
+        host = self.hosts[node]
         env = {
             "GLOO_SOCKET_IFNAME": host.interface,
             "MASTER_ADDR": self.hosts[0].address,
             "MASTER_PORT": str(self.master_port if master_port is None else master_port),
             "WORLD_SIZE": str(self.world_size),
             "RANK": str(rank),
-            "NODE_RANK": str(rank),
-            "LOCAL_RANK": "0",
-            "LOCAL_WORLD_SIZE": "1",
+            "NODE_RANK": str(node),
+            "LOCAL_RANK": str(local),
+            "LOCAL_WORLD_SIZE": str(self.ranks_per_node),
         }
         env.update(extra or {})
         return env
@@ -345,7 +360,7 @@ class EmulatedNetwork:
         *,
         master_port: int | None = None,
     ) -> list[str]:
-        """Return ``argv`` prefixed to run inside ``rank``'s namespace.
+        """Return ``argv`` prefixed to run inside the namespace of ``rank``'s node.
 
         The result is ``ip netns exec NS env K=V ... argv``, with the variables of
         :meth:`env`; the process otherwise inherits the caller's environment.
@@ -358,7 +373,8 @@ class EmulatedNetwork:
             raise RuntimeError("the emulated network is not up; use it inside its `with` block")
         variables = self.env(rank, env, master_port=master_port)
         assignments = [f"{key}={value}" for key, value in variables.items()]
-        return ["ip", "netns", "exec", self.hosts[rank].namespace, "env", *assignments, *argv]
+        namespace = self.hosts[rank // self.ranks_per_node].namespace
+        return ["ip", "netns", "exec", namespace, "env", *assignments, *argv]
 
     def next_master_port(self) -> int:
         """Return a port not handed out before by this network, for one more run.
@@ -386,8 +402,8 @@ class EmulatedNetwork:
             self.close()
             raise
         log.info(
-            "emulated network up: %d ranks, link %s, namespaces %s",
-            self.world_size, self.link.name, ", ".join(self.namespaces),
+            "emulated network up: %d nodes of %d ranks, link %s, namespaces %s",
+            self.nodes, self.ranks_per_node, self.link.name, ", ".join(self.namespaces),
         )  # fmt: skip
         return self
 
@@ -479,17 +495,19 @@ class EmulatedNetwork:
 
 
 def emulated_network(
-    world_size: int,
+    nodes: int,
     link: str | LinkPreset = "none",
     *,
+    ranks_per_node: int = 1,
     prefix: str = NETNS_PREFIX,
     master_port: int = DEFAULT_MASTER_PORT,
     install_signal_handlers: bool = True,
 ) -> EmulatedNetwork:
-    """Return a context manager that puts ``world_size`` ranks behind emulated links.
+    """Return a context manager that puts ``nodes`` nodes behind emulated links.
 
     Args:
-        world_size: number of ranks, 2 to 253.
+        nodes: number of nodes, 2 to 253.
+        ranks_per_node: ranks each node holds, on its loopback.
         link: a name in :data:`LINK_PRESETS` (``"none"``, ``"1gbit"``, ``"100mbit"``) or
             a :class:`LinkPreset`.
         prefix: start of the namespace names; :func:`cleanup_stale` takes the same.
@@ -510,8 +528,9 @@ def emulated_network(
             print(net.hosts[0].address, net.command(2, ["python", "-c", "print(1)"]))
     """
     return EmulatedNetwork(
-        world_size,
+        nodes,
         link,
+        ranks_per_node=ranks_per_node,
         prefix=prefix,
         master_port=master_port,
         install_signal_handlers=install_signal_handlers,

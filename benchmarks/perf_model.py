@@ -1,26 +1,25 @@
-"""Predict a data-parallel training step's time from compute, codec and wire costs.
+"""Predict a data-parallel training step's time from compute, codec and network costs.
 
 In the spirit of Global-QSGD's model (Xin et al., https://arxiv.org/abs/2305.18627),
-``T = 2 log n * alpha + 2 log n * S/beta + log n * S/gamma`` for a tree allreduce, but for
-the ring algorithms gloo actually runs on CPU. With ``n`` ranks, per-message latency
-``alpha`` (s), payload bandwidth ``beta`` (bytes/s), reduction throughput ``gamma``
-(bytes/s) and ``k`` collectives per step (DDP buckets, extra scalar collectives):
+``T = 2 log n * alpha + 2 log n * S/beta + log n * S/gamma`` for a tree allreduce, but
+driven by what the hook counted for the collectives gloo really ran: the bytes each rank
+sent (``sent_bytes``, from each collective's algorithm, see
+:mod:`lightning_quant.collectives`) and their sequential message rounds. With per-message
+latency ``alpha`` (s) and payload bandwidth ``beta`` (bytes/s) of the link a rank sends on::
 
-* ring allreduce of ``S`` bytes per rank (fp32, fp16, Global-QSGD: payloads that sum)::
+    T_comm = sent_bytes / beta + rounds * alpha
 
-      T_comm = 2 (n-1) k alpha + 2 (n-1)/n * S/beta + (n-1)/n * S/gamma
+Between emulated nodes (each a network namespace holding several ranks) a node's link
+carries the inter-node bytes of all its ranks at once; what ranks send inside a node goes
+over the node's loopback, at the ``"none"`` preset's rate::
 
-* ring allgather of a ``P``-byte payload per rank (QSGD family: every rank receives the
-  ``n-1`` other payloads and forwards them, so it also sends ``(n-1) P``)::
-
-      T_comm = (n-1) k alpha + (n-1) * P/beta
-
-``S`` and ``P`` are summed over a step's buckets; ``k`` multiplies only the latency terms.
+    T_comm = node's inter-node bytes / beta + a rank's intra-node bytes / beta_loopback
+             + rounds * alpha
 
 Overlap assumption: none. gloo overlaps DDP's bucketed communication with backward only
 partly, and on a slow link the wire dominates, so the model adds the parts::
 
-      T_step = T_compute + T_codec + T_comm
+    T_step = T_compute + T_codec + T_comm
 
 It therefore over-predicts when communication hides behind backward (fast links, many
 buckets) and is meant for links where the wire dominates. Checked against PEERS.md
@@ -33,27 +32,17 @@ frames, and a 1500-byte MTU frame of 1514 bytes carries 1448 bytes of TCP payloa
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 from benchmarks.netem import LINK_PRESETS, LinkPreset
 
 __all__ = [
     "LINK_SPECS",
-    "REDUCIBLE_SCHEMES",
     "TCP_PAYLOAD_FRACTION",
-    "Collective",
     "LinkSpec",
     "StepPrediction",
-    "bytes_sent_per_rank",
-    "codec_seconds",
-    "collective_for",
     "comm_seconds",
     "predict_step_time",
-    "ring_allgather_seconds",
-    "ring_allreduce_seconds",
 ]
 
 TCP_PAYLOAD_FRACTION = 1448 / 1514  # TCP payload per Ethernet frame (MTU 1500, timestamps)
@@ -93,136 +82,23 @@ class LinkSpec:
 LINK_SPECS: dict[str, LinkSpec] = {
     name: LinkSpec.from_preset(preset) for name, preset in LINK_PRESETS.items()
 }
+LOOPBACK = LINK_SPECS["none"]
 
 
-class Collective(StrEnum):
-    """The collective a scheme's payloads cross the wire with."""
-
-    ALLREDUCE = "allreduce"  # payloads sum: gloo's ring allreduce
-    ALLGATHER = "allgather"  # payloads do not sum: gloo's ring allgather
-
-
-# Keep in step with ``Quantizer.reducible`` in lightning_quant.quantizers.
-REDUCIBLE_SCHEMES = frozenset({"fp32", "fp16", "bf16", "global_qsgd"})
+def _spec(link: LinkSpec | str) -> LinkSpec:
+    if isinstance(link, LinkSpec):
+        return link
+    if link not in LINK_SPECS:
+        raise KeyError(f"unknown link {link!r}; available: {', '.join(LINK_SPECS)}")
+    return LINK_SPECS[link]
 
 
-def collective_for(scheme: str) -> Collective:
-    """Return the collective ``scheme`` uses: allreduce if payloads sum, else allgather."""
-    return Collective.ALLREDUCE if scheme in REDUCIBLE_SCHEMES else Collective.ALLGATHER
-
-
-def _check(world_size: int, wire_bytes: float, collectives_per_step: int) -> None:
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if wire_bytes < 0:
-        raise ValueError(f"wire_bytes must be >= 0, got {wire_bytes}")
-    if collectives_per_step < 1:
-        raise ValueError(f"collectives_per_step must be >= 1, got {collectives_per_step}")
-
-
-def ring_allreduce_seconds(
-    nbytes: float,
-    world_size: int,
-    link: LinkSpec,
-    *,
-    collectives_per_step: int = 1,
-    reduce_bytes_per_s: float = math.inf,
-) -> float:
-    """Return the time of a ring allreduce of ``nbytes`` per rank.
-
-    ``T = 2 (n-1) k alpha + 2 (n-1)/n * S/beta + (n-1)/n * S/gamma``: a reduce-scatter and
-    an allgather of ``n-1`` steps each, moving ``S/n`` per step; each rank reduces
-    ``(n-1)/n * S`` bytes at ``gamma = reduce_bytes_per_s`` (default: free).
-
-    Args:
-        nbytes: ``S``, the bytes of the tensor each rank contributes in a step.
-        world_size: ``n``.
-        link: gives ``alpha`` and ``beta``.
-        collectives_per_step: ``k``, separate allreduces the step's bytes are split into.
-        reduce_bytes_per_s: ``gamma``, how fast a rank sums incoming data.
-    """
-    _check(world_size, nbytes, collectives_per_step)
-    n = world_size
-    if n == 1:
-        return 0.0
-    latency = 2 * (n - 1) * collectives_per_step * link.latency_s
-    wire = 2 * (n - 1) / n * nbytes / link.payload_bytes_per_s
-    reduce = (n - 1) / n * nbytes / reduce_bytes_per_s
-    return latency + wire + reduce
-
-
-def ring_allgather_seconds(
-    payload_bytes: float, world_size: int, link: LinkSpec, *, collectives_per_step: int = 1
-) -> float:
-    """Return the time of a ring allgather of one ``payload_bytes`` payload per rank.
-
-    ``T = (n-1) k alpha + (n-1) * P/beta``: ``n-1`` steps, each sending one payload to the
-    next rank and receiving one from the previous.
-
-    Args:
-        payload_bytes: ``P``, the bytes of one rank's payloads in a step.
-        world_size: ``n``.
-        link: gives ``alpha`` and ``beta``.
-        collectives_per_step: ``k``, separate allgathers the step's payloads are split into.
-    """
-    _check(world_size, payload_bytes, collectives_per_step)
-    n = world_size
-    latency = (n - 1) * collectives_per_step * link.latency_s
-    return latency + (n - 1) * payload_bytes / link.payload_bytes_per_s
-
-
-_COMM: dict[Collective, Callable[..., float]] = {
-    Collective.ALLREDUCE: ring_allreduce_seconds,
-    Collective.ALLGATHER: ring_allgather_seconds,
-}
-
-
-def bytes_sent_per_rank(collective: Collective, wire_bytes: float, world_size: int) -> float:
-    """Return the bytes one rank sends in a step: ``2(n-1)/n * S`` or ``(n-1) * P``."""
-    _check(world_size, wire_bytes, 1)
-    n = world_size
-    if Collective(collective) is Collective.ALLREDUCE:
-        return 2 * (n - 1) / n * wire_bytes
-    return (n - 1) * wire_bytes
-
-
-def comm_seconds(
-    collective: Collective | str,
-    wire_bytes: float,
-    world_size: int,
-    link: LinkSpec,
-    *,
-    collectives_per_step: int = 1,
-) -> float:
-    """Return a step's communication time with ``collective`` (see the module formulas)."""
-    function = _COMM[Collective(collective)]
-    return function(wire_bytes, world_size, link, collectives_per_step=collectives_per_step)
-
-
-def codec_seconds(
-    gradient_bytes: float,
-    *,
-    encode_bytes_per_s: float,
-    decode_bytes_per_s: float,
-    payloads_decoded: int = 1,
-) -> float:
-    """Return a step's encode + decode time from codec throughputs.
-
-    ``T_codec = G / encode + m * G / decode``, with ``G`` the fp32 gradient bytes of a
-    step and ``m`` the payloads decoded: 1 after an allreduce, ``n`` after an allgather.
-    Use a measured time instead when there is one.
-
-    Example::
-
-        codec_seconds(42.05e6, encode_bytes_per_s=2e9, decode_bytes_per_s=4e9,
-                      payloads_decoded=2)
-    """
-    if gradient_bytes < 0 or payloads_decoded < 0:
-        raise ValueError("gradient_bytes and payloads_decoded must be >= 0")
-    if not (encode_bytes_per_s > 0 and decode_bytes_per_s > 0):
-        raise ValueError("encode_bytes_per_s and decode_bytes_per_s must be > 0")
-    encode = gradient_bytes / encode_bytes_per_s
-    return encode + payloads_decoded * gradient_bytes / decode_bytes_per_s
+def comm_seconds(sent_bytes: float, rounds: float, link: LinkSpec | str) -> float:
+    """Return ``sent_bytes / beta + rounds * alpha`` on ``link``."""
+    if sent_bytes < 0 or rounds < 0:
+        raise ValueError(f"sent_bytes and rounds must be >= 0, got {sent_bytes}, {rounds}")
+    spec = _spec(link)
+    return sent_bytes / spec.payload_bytes_per_s + rounds * spec.latency_s
 
 
 @dataclass(frozen=True)
@@ -242,43 +118,32 @@ class StepPrediction:
 def predict_step_time(
     *,
     compute_s: float,
-    wire_bytes: float,
-    world_size: int,
+    link_bytes: float,
+    rounds: float,
     link: LinkSpec | str,
-    collective: Collective | str,
     codec_s: float = 0.0,
-    collectives_per_step: int = 1,
+    loopback_bytes: float = 0.0,
 ) -> StepPrediction:
     """Predict one training step's time: ``T = compute + codec + comm``.
 
     Args:
         compute_s: measured time of a step with no communication (forward, backward,
             optimizer).
-        wire_bytes: bytes one rank hands to the collective in a step, summed over buckets
-            (``S`` for an allreduce, its own payload ``P`` for an allgather).
-        world_size: number of ranks ``n``.
-        link: a :class:`LinkSpec` or a preset name (``"none"``, ``"1gbit"``, ``"100mbit"``).
-        collective: ``"allreduce"`` or ``"allgather"``; see :func:`collective_for`.
-        codec_s: encode + decode seconds per step, measured or from :func:`codec_seconds`.
-        collectives_per_step: collectives the step issues (buckets times collectives per
-            bucket), which multiplies the latency terms.
-
-    Returns:
-        The prediction, with its parts.
+        link_bytes: bytes that cross a node's link in a step: the inter-node bytes of all
+            its ranks (with one rank per node, what the rank sends: the hook's
+            ``sent_bytes``).
+        rounds: sequential message rounds of the step's collectives (the hook's ``rounds``).
+        link: the link between nodes, a :class:`LinkSpec` or a preset name.
+        codec_s: encode + decode seconds per step.
+        loopback_bytes: bytes a rank sends to ranks of its own node, over the loopback.
 
     Example::
 
-        fp32 = predict_step_time(compute_s=0.045, wire_bytes=42.05e6, world_size=2,
-                                 link="100mbit", collective="allreduce")
+        fp32 = predict_step_time(compute_s=0.045, link_bytes=42.05e6, rounds=2,
+                                 link="100mbit")
         fp32.total_s  # about 3.56 s
     """
     if compute_s < 0 or codec_s < 0:
         raise ValueError("compute_s and codec_s must be >= 0")
-    if isinstance(link, str):
-        if link not in LINK_SPECS:
-            raise KeyError(f"unknown link {link!r}; available: {', '.join(LINK_SPECS)}")
-        link = LINK_SPECS[link]
-    comm = comm_seconds(
-        collective, wire_bytes, world_size, link, collectives_per_step=collectives_per_step
-    )
+    comm = comm_seconds(link_bytes, rounds, link) + comm_seconds(loopback_bytes, 0, LOOPBACK)
     return StepPrediction(compute_s=compute_s, codec_s=codec_s, comm_s=comm)

@@ -1,9 +1,9 @@
 """One rank of a sweep run: train with Lightning DDP, time compute alone, write the result.
 
-``benchmarks/sweep.py`` starts one process per rank, each its own Lightning node
-(``num_nodes=WORLD_SIZE``, ``devices=1``), with the rendezvous in the environment
-(``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``NODE_RANK``, ``LOCAL_RANK=0`` and, in
-an emulated network, ``GLOO_SOCKET_IFNAME``)::
+``benchmarks/sweep`` starts one process per rank, ``--ranks-per-node`` ranks to a
+Lightning node (``num_nodes=WORLD_SIZE / ranks_per_node``, ``devices=ranks_per_node``),
+with the rendezvous in the environment (``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``,
+``NODE_RANK``, ``LOCAL_RANK`` and, in an emulated network, ``GLOO_SOCKET_IFNAME``)::
 
     python -m benchmarks.train_rank --task large --scheme qsgd --bits 4 --steps 30 \\
         --out run.json
@@ -46,6 +46,7 @@ import lightning_quant
 from benchmarks.tasks import TASKS, Task
 from lightning_quant import QuantizedDDPStrategy
 from lightning_quant.hooks import PEERS, make_comm_hook
+from lightning_quant.quantizers import available_quantizers, quantizer_settings
 from lightning_quant.strategy import SINGLE_BUCKET_MB
 
 __all__ = ["StepRecorder", "main", "time_compute"]
@@ -54,22 +55,43 @@ COMPUTE_WARMUP = 2
 PEER_WARMUP = 4  # PyTorch's PowerSGD hook starts compressing at its third step
 
 
-class StepRecorder(Callback):
-    """Keep this rank's training loss and elapsed wall time after every optimizer step."""
+def tx_counter(interface: str | None) -> Path | None:
+    """Return the byte counter of what ``interface`` sent, if this process can read it.
 
-    def __init__(self) -> None:
+    Inside an emulated network (``ip netns exec`` mounts the namespace's own ``/sys``) it
+    counts every frame the rank's node put on its link, TCP/IP headers and ACKs included.
+    """
+    if not interface or interface == "lo":
+        return None
+    path = Path("/sys/class/net") / interface / "statistics" / "tx_bytes"
+    return path if path.exists() else None
+
+
+class StepRecorder(Callback):
+    """Keep this rank's training loss, elapsed wall time and, given a counter, the bytes
+    its interface had sent, after every optimizer step (the counter also before step 0)."""
+
+    def __init__(self, counter: Path | None = None) -> None:
         self.losses: list[float] = []
         self.times: list[float] = []
+        self.tx_bytes: list[int] = []
+        self.counter = counter
         self._start = 0.0
         self.start_unix: float | None = None
+
+    def _count(self) -> None:
+        if self.counter is not None:
+            self.tx_bytes.append(int(self.counter.read_text()))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
         self.start_unix = time.time()
+        self._count()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, _: int
     ) -> None:
+        self._count()
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss.detach()))
         self.times.append(time.perf_counter() - self._start)
@@ -119,7 +141,7 @@ def time_peer_codec(
     rank, world = dist.get_rank(), dist.get_world_size()
     groups = [dist.new_group([r], backend="gloo") for r in range(world)]
     own = groups[rank]
-    cap = SINGLE_BUCKET_MB if scheme == "torch_powersgd" else 25
+    cap = SINGLE_BUCKET_MB if PEERS[scheme].single_bucket else 25
     medians = []
     for hooked in (False, True):
         clone = task.model()
@@ -163,12 +185,14 @@ def evaluate(model: nn.Module, loader: Any) -> tuple[float, float]:
 
 def _strategy(args: argparse.Namespace, task: Task) -> QuantizedDDPStrategy:
     extra: dict[str, Any] = {}
-    if args.scheme == "dqsgd":  # --bits is DQ-SGD's largest width; it adapts below it
-        extra = {"max_bits": args.bits, "lr": task.lr}
+    if args.scheme in available_quantizers() and "max_bits" in quantizer_settings(args.scheme):
+        extra = {"max_bits": args.bits, "lr": task.lr}  # DQ-SGD adapts below --bits
     return QuantizedDDPStrategy(
         args.scheme,
         bits=args.bits,
         bucket_size=args.bucket_size,
+        collective=args.collective,
+        hierarchical=args.hierarchical == "true",
         seed=args.seed,
         quantizer_config=extra or None,
         process_group_backend="gloo",
@@ -190,15 +214,16 @@ def _versions() -> dict[str, str]:
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Train, measure and return rank 0's result (``None`` on the other ranks)."""
     world = int(os.environ["WORLD_SIZE"])
+    per_node = args.ranks_per_node
     task = TASKS[args.task]
     L.seed_everything(args.seed, workers=True, verbose=False)
     model = task.model()
     train, test = task.loaders(batch_size=args.batch_size, seed=args.seed)
-    recorder = StepRecorder()
+    recorder = StepRecorder(tx_counter(os.environ.get("GLOO_SOCKET_IFNAME")))
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=1,
-        num_nodes=world,
+        devices=per_node,
+        num_nodes=world // per_node,
         strategy=_strategy(args, task),
         max_steps=args.steps,
         logger=False,
@@ -230,6 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "stats": stats,
         "losses": recorder.losses,
         "times": recorder.times,
+        "tx_bytes": recorder.tx_bytes,
         "train_start_unix": recorder.start_unix,
         "compute_s": statistics.median(compute),
         "compute_samples_s": compute,
@@ -277,6 +303,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scheme", required=True)
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--bucket-size", type=int, default=512)
+    parser.add_argument("--collective", default="auto")
+    parser.add_argument("--ranks-per-node", type=int, default=1)
+    parser.add_argument("--hierarchical", choices=("true", "false"), default="false")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, required=True, help="optimizer steps to train")
     parser.add_argument("--batch-size", type=int, default=32, help="per rank")

@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks import netem, sweep
 from benchmarks.netem import NETNS_PREFIX, network_emulation_available
+from benchmarks.sweep import launch
 from benchmarks.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +72,10 @@ def test_tiny_sweep_records_every_requested_scheme(tmp_path):
         assert record["raw_bytes_per_step"] == 4 * DIGITS_PARAMS  # one fp32 gradient
         assert 0 < record["final_loss"] < math.log(10) + 0.2
         assert 0 <= record["test_accuracy"] <= 1
-    # the real bytes: fp32 sends its gradient; 4-bit QSGD an eighth of it plus scales
-    assert fp32["wire_bytes_per_step"] == fp32["raw_bytes_per_step"]
+    # the real bytes: with 2 ranks fp32 sends its gradient once; 4-bit QSGD an eighth of
+    # it plus scales; on loopback there is no interface counter to read
+    assert fp32["sent_bytes_per_step"] == fp32["raw_bytes_per_step"]
+    assert fp32["measured_tx_bytes_per_step"] is None
     assert fp32["collective"] == "allreduce" and qsgd["collective"] == "allgather"
     assert 6 < qsgd["compression_ratio"] < 8 and qsgd["mean_bits"] == 4
     assert fp32["speedup_vs_fp32"] == 1.0
@@ -83,7 +86,7 @@ def test_tiny_sweep_records_every_requested_scheme(tmp_path):
     assert "bf16_compress_hook" in bf16["error"] and "NCCL" in bf16["error"]
     assert bf16["step_time_s"] is None
     assert "Sweep" in done.stdout and "unavailable" in done.stdout
-    assert "| fp32 | 32 | 2 | none |" in (tmp_path / "table.md").read_text()
+    assert "| fp32 | 32 | allreduce | 2 | none |" in (tmp_path / "table.md").read_text()
 
 
 @pytest.mark.timeout(120)
@@ -105,12 +108,12 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def _closed_port() -> int:
-    return sweep._free_port()  # nothing listens there once the probe socket is closed
+    return sweep.free_port()  # nothing listens there once the probe socket is closed
 
 
 def test_a_crashed_rank_fails_the_run_and_its_peers_are_killed(tmp_path, monkeypatch):
     script = "import os, sys, time\nif os.environ['RANK'] == '1': sys.exit(3)\ntime.sleep(60)"
-    monkeypatch.setattr(sweep, "_rank_argv", lambda *a: [sys.executable, "-c", script])
+    monkeypatch.setattr(launch, "rank_argv", lambda *a: [sys.executable, "-c", script])
     spec = _spec(world_size=2)
     start = time.monotonic()
     with pytest.raises(sweep.RunFailed, match="rank 1 exited with 3"):
@@ -141,11 +144,37 @@ def test_plan_runs_floats_once_fp32_first_and_refusals_kept():
         ("torch_quantization", 8),
     ]  # fmt: skip
     reasons = {(s.scheme, s.bits, s.world_size): s.unavailable for s in specs}
+    collectives = {(s.scheme, s.bits, s.world_size): s.collective for s in specs}
     assert "one of (2, 4, 8)" in reasons[("global_qsgd", 3, 2)]
     assert reasons[("global_qsgd", 4, 2)] is None
-    assert "at most 7 workers" in reasons[("global_qsgd", 4, 8)]
+    assert collectives[("global_qsgd", 4, 2)] == "allreduce"
+    # 4-bit lanes hold 7 ranks: at 8 it runs, on the reduce-scatter path
+    assert reasons[("global_qsgd", 4, 8)] is None
+    assert collectives[("global_qsgd", 4, 8)] == "reduce_scatter"
     assert "gloo" in reasons[("torch_quantization", 8, 2)]
     assert len(specs) == 2 * 2 * 5
+
+
+def test_plan_runs_each_scheme_once_per_collective_it_supports():
+    args = sweep.parse_args(
+        ["--schemes", "fp32,qsgd,global_qsgd", "--bits", "4",
+         "--collective", "auto,allgather,reduce_scatter", "--world-size", "2,4"]
+    )  # fmt: skip
+    planned = [(s.world_size, s.scheme, s.collective) for s in sweep.plan_runs(args)]
+    assert planned == [
+        (2, "fp32", "allreduce"),  # none of the asked ones suits fp32: its own, once
+        (2, "qsgd", "allgather"),  # auto at 2 ranks is the all-gather: once
+        (2, "qsgd", "reduce_scatter"),
+        (2, "global_qsgd", "allreduce"),
+        (2, "global_qsgd", "reduce_scatter"),
+        (4, "fp32", "allreduce"),
+        (4, "qsgd", "reduce_scatter"),
+        (4, "qsgd", "allgather"),
+        (4, "global_qsgd", "allreduce"),
+        (4, "global_qsgd", "reduce_scatter"),
+    ]
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--collective", "ring"])
 
 
 def test_unknown_scheme_is_refused_with_the_names():
@@ -164,7 +193,8 @@ def _result(step_s: list[list[float]], losses: list[float]) -> dict:
     ranks = []
     for rank, times in enumerate(step_s):
         stats = [
-            {"step": i, "buckets": 1, "raw_bytes": 400, "wire_bytes": 50, "encode_s": 0.001,
+            {"step": i, "buckets": 1, "raw_bytes": 400, "payload_bytes": 50, "sent_bytes": 50,
+             "inter_node_bytes": 50, "collectives": 1, "rounds": 1, "encode_s": 0.001,
              "communicate_s": 0.002, "decode_s": 0.003, "bits": 4, "compression_ratio": 8.0,
              "step_s": s}
             for i, s in enumerate(times)
@@ -189,7 +219,7 @@ def test_summarize_takes_the_slower_rank_after_the_warmup():
     assert record["step_time_s"] == 0.20
     assert record["compute_s"] == 0.02  # the slower rank's
     assert record["codec_s"] == pytest.approx(0.004)
-    assert record["wire_bytes_per_step"] == 50 and record["compression_ratio"] == 8
+    assert record["sent_bytes_per_step"] == 50 and record["compression_ratio"] == 8
     assert record["final_loss"] == pytest.approx(sum([3, 2, 1.5, 1.2, 1.0]) / 5)
     assert record["predicted_step_s"] == pytest.approx(0.02 + 0.004 + record["predicted_comm_s"])
 
@@ -264,11 +294,12 @@ def test_sweep_stores_runs_metrics_and_summaries_in_the_api(tmp_path, api_server
             assert run["hyperparameters"]["max_steps"] == 8 and run["versions"]["torch"]
             metrics = client.get(f"/runs/{run['id']}/metrics").json()["data"]
             names = {m["name"] for m in metrics}
-            assert {"loss", "raw_bytes", "wire_bytes", "encode_s", "communicate_s",
+            assert {"loss", "raw_bytes", "sent_bytes", "encode_s", "communicate_s",
                     "decode_s", "step_s", "bits"} <= names  # fmt: skip
-            assert sorted(m["step"] for m in metrics if m["name"] == "wire_bytes") == list(range(8))
+            assert sorted(m["step"] for m in metrics if m["name"] == "sent_bytes") == list(range(8))
         assert stored["nuqsgd"]["quantizer_config"]["bits"] == 4
-        assert stored["nuqsgd"]["total_wire_bytes"] < stored["fp32"]["total_wire_bytes"] / 6
+        assert stored["nuqsgd"]["collective"] == "allgather"
+        assert stored["nuqsgd"]["total_sent_bytes"] < stored["fp32"]["total_sent_bytes"] / 6
         unavailable = stored["torch_bf16"]
         assert unavailable["status"] == "failed"
         assert unavailable["summary"]["status"] == "unavailable"

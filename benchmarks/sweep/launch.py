@@ -1,0 +1,156 @@
+"""Start one process per rank of a run, on loopback or inside an emulated network."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.netem import EmulatedNetwork
+from benchmarks.sweep.plan import RunSpec
+
+__all__ = ["ROOT", "RunFailed", "free_port", "launch_ranks", "rank_argv", "threads_per_rank"]
+
+ROOT = Path(__file__).resolve().parents[2]
+ERROR_TAIL_LINES = 40
+
+
+class RunFailed(RuntimeError):
+    """A run's ranks crashed, timed out or wrote no result; the message holds the log tail."""
+
+
+def threads_per_rank(world_size: int) -> int:
+    """Return the cores each rank may use: ``cores // world_size``, at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // world_size)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rank_argv(spec: RunSpec, out: Path, timeout_s: float) -> list[str]:
+    return [
+        sys.executable, "-m", "benchmarks.train_rank",
+        "--task", spec.task, "--scheme", spec.scheme, "--bits", str(spec.bits),
+        "--bucket-size", str(spec.bucket_size), "--seed", str(spec.seed),
+        "--steps", str(spec.steps), "--batch-size", str(spec.batch_size),
+        "--collective", spec.collective,
+        "--ranks-per-node", str(spec.ranks_per_node),
+        "--hierarchical", str(spec.hierarchical).lower(),
+        "--pg-timeout-s", str(max(30.0, min(300.0, timeout_s))), "--out", str(out),
+    ]  # fmt: skip
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a rank and everything it started (it leads its own process group)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
+    if not path.exists():
+        return ""
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def launch_ranks(
+    spec: RunSpec,
+    workdir: Path,
+    net: EmulatedNetwork | None,
+    timeout_s: float,
+    poll_s: float = 0.2,
+    grace_s: float = 10.0,
+) -> dict[str, Any]:
+    """Run one configuration's ranks to the end; return rank 0's result.
+
+    Raises:
+        RunFailed: a rank exited non-zero (the others are killed ``grace_s`` later), the
+            run took longer than ``timeout_s``, or rank 0 wrote no result.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "result.json"
+    argv = rank_argv(spec, out, timeout_s)
+    threads = str(threads_per_rank(spec.world_size))
+    extra = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
+    port = net.next_master_port() if net is not None else free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [workdir / f"rank{rank}.log" for rank in range(spec.world_size)]
+    try:
+        for rank in range(spec.world_size):
+            if net is not None:
+                command, env = net.command(rank, argv, extra, master_port=port), None
+            else:
+                command = argv
+                env = {
+                    **os.environ, **extra,
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                    "WORLD_SIZE": str(spec.world_size), "RANK": str(rank),
+                    "NODE_RANK": str(rank // spec.ranks_per_node),
+                    "LOCAL_RANK": str(rank % spec.ranks_per_node),
+                    "LOCAL_WORLD_SIZE": str(spec.ranks_per_node),
+                    "GLOO_SOCKET_IFNAME": "lo",
+                }  # fmt: skip
+            with logs[rank].open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL, start_new_session=True,
+                    )
+                )  # fmt: skip
+        _wait(procs, logs, timeout_s, poll_s, grace_s)
+    finally:
+        for proc in procs:
+            _kill(proc)
+    if not out.exists():
+        raise RunFailed(f"rank 0 wrote no result\n{_tail(logs[0])}")
+    return json.loads(out.read_text())
+
+
+def _wait(
+    procs: Sequence[subprocess.Popen[bytes]],
+    logs: Sequence[Path],
+    timeout_s: float,
+    poll_s: float,
+    grace_s: float,
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    failed_at: float | None = None
+    while True:
+        codes = [proc.poll() for proc in procs]
+        if all(code == 0 for code in codes):
+            return
+        bad = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
+        now = time.monotonic()
+        if bad and failed_at is None:
+            failed_at = now
+        if bad and (all(code is not None for code in codes) or now - failed_at > grace_s):
+            rank = bad[0]
+            raise RunFailed(f"rank {rank} exited with {codes[rank]}\n{_tail(logs[rank])}")
+        if now > deadline:
+            slow = [rank for rank, code in enumerate(codes) if code is None]
+            raise RunFailed(
+                f"timed out after {timeout_s:.0f} s (ranks {slow} still running)\n"
+                f"{_tail(logs[slow[0]])}"
+            )
+        time.sleep(poll_s)

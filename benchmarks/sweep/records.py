@@ -1,0 +1,224 @@
+"""Turn a finished run's per-rank results into one record: step time, bytes, loss, accuracy.
+
+Step time is the median over the steps after the warm-up, of the slower rank. Bytes are
+per step, each a mean over ranks (or nodes) of their medians:
+
+* ``sent_bytes_per_step``: what a rank sent, as the hook counted it from its collectives'
+  algorithms; ``inter_node_bytes_per_step``: what a node's ranks sent to other nodes;
+* in an emulated network, ``measured_inter_node_tx_bytes_per_step``: what a node's
+  interface counted (TCP/IP headers and ACKs included), and ``measured_tx_bytes_per_step``
+  that per rank. With one rank per node, everything a rank sends crosses its interface.
+
+The compression ratio is fp32 DDP's sent bytes at the same world size over this run's.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.perf_model import predict_step_time
+from benchmarks.sweep.launch import RunFailed
+from benchmarks.sweep.plan import RunSpec
+from lightning_quant.collectives import fp32_allreduce_bytes
+from lightning_quant.hooks import PEERS
+
+__all__ = [
+    "LOSS_WINDOW",
+    "RECORD_FIELDS",
+    "compare_with_baseline",
+    "empty_record",
+    "per_step",
+    "smoothed",
+    "summarize",
+    "time_to_loss",
+]
+
+LOSS_WINDOW = 5  # steps in the trailing mean that makes "final loss" less noisy
+
+RECORD_FIELDS = (
+    "task", "scheme", "bits", "collective", "topology", "hierarchical", "world_size", "link",
+    "seed", "status", "error",
+    "steps", "warmup_steps", "measured_steps",
+    "step_time_s", "step_time_s_per_rank", "mean_step_s",
+    "predicted_step_s", "prediction_error", "compute_s", "codec_s", "predicted_comm_s",
+    "collectives_per_step", "rounds_per_step",
+    "raw_bytes_per_step", "payload_bytes_per_step", "sent_bytes_per_step",
+    "sent_bytes_per_rank", "inter_node_bytes_per_step", "inter_node_bytes_per_node",
+    "measured_tx_bytes_per_step", "measured_inter_node_tx_bytes_per_step",
+    "measured_inter_node_tx_bytes_per_node",
+    "compression_ratio", "mean_bits", "encode_s", "communicate_s", "decode_s",
+    "final_loss", "test_accuracy", "test_loss",
+    "speedup_vs_fp32", "time_to_fp32_loss_s", "train_wall_s",
+    "param_count", "threads_per_rank", "load_1m", "api_run_id",
+)  # fmt: skip
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def smoothed(losses: Sequence[float], window: int = LOSS_WINDOW) -> list[float]:
+    """Return the trailing mean of the last ``window`` losses at every step."""
+    out = []
+    for index in range(len(losses)):
+        part = losses[max(0, index - window + 1) : index + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
+def time_to_loss(losses: Sequence[float], times: Sequence[float], target: float) -> float | None:
+    """Return the wall time at which the smoothed loss first reached ``target``, or None."""
+    for loss, at in zip(smoothed(losses), times, strict=False):
+        if loss <= target:
+            return at
+    return None
+
+
+def per_step(result: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Return the mean training loss over ranks and the slower rank's time, per step."""
+    ranks = result["ranks"]
+    count = min(len(r["losses"]) for r in ranks)
+    losses = [statistics.fmean(r["losses"][i] for r in ranks) for i in range(count)]
+    times = [max(r["times"][i] for r in ranks) for i in range(count)]
+    return losses, times
+
+
+def _measured_tx(rank: dict[str, Any], first: int, last: int) -> float | None:
+    """Median bytes the rank's interface sent per step over steps ``first .. last - 1``."""
+    counters = rank.get("tx_bytes")  # the counter before step 0, then after every step
+    if not counters:
+        return None
+    window = counters[first : last + 1]
+    deltas = [b - a for a, b in zip(window, window[1:], strict=False)]
+    return _median(deltas) if deltas else None
+
+
+def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
+    """Return the record of a finished run from rank 0's result (which holds every rank's)."""
+    ranks = result["ranks"]
+    stats = [r["stats"] for r in ranks]
+    count = min(len(s) for s in stats)
+    if count == 0:
+        raise RunFailed("the strategy recorded no optimizer step")
+    warm = min(spec.warmup, count - 1)
+    measured = [s[warm:count] for s in stats]
+
+    def median_of(name: str, steps: Sequence[dict[str, Any]]) -> float:
+        return _median([step[name] for step in steps])
+
+    per_rank = [median_of("step_s", steps) for steps in measured]
+    sent_per_rank = [median_of("sent_bytes", steps) for steps in measured]
+    per_node = spec.ranks_per_node  # ranks are numbered by node
+    nodes = range(0, len(ranks), per_node)
+    inter_per_node = [
+        sum(median_of("inter_node_bytes", steps) for steps in measured[i : i + per_node])
+        for i in nodes
+    ]
+    tx_per_node = [_measured_tx(ranks[i], warm, count) for i in nodes]  # its first rank reads
+    tx = [t for t in tx_per_node if t is not None]
+    own = measured[0]
+    raw = median_of("raw_bytes", own)
+    sent = statistics.fmean(sent_per_rank)
+    if spec.scheme in PEERS:  # their codec hides in their hook; timed apart
+        codec = max(r.get("peer_codec_s") or 0.0 for r in ranks)
+    else:
+        codec = max(_median([s["encode_s"] + s["decode_s"] for s in steps]) for steps in measured)
+    compute = max(r["compute_s"] for r in ranks)
+    rounds = median_of("rounds", own)
+    inter = statistics.fmean(inter_per_node)
+    prediction = predict_step_time(
+        compute_s=compute,
+        codec_s=codec,
+        link_bytes=inter,
+        loopback_bytes=sent - inter / per_node,
+        rounds=rounds,
+        link=spec.link,
+    )
+    losses, times = per_step(result)
+    step_time = max(per_rank)
+    fp32 = fp32_allreduce_bytes(raw, spec.world_size)
+    return {
+        "task": spec.task,
+        "scheme": spec.scheme,
+        "bits": spec.bits,
+        "collective": result.get("config", {}).get("collective", spec.collective),
+        "topology": spec.topology,
+        "hierarchical": result.get("config", {}).get("hierarchical", spec.hierarchical),
+        "world_size": spec.world_size,
+        "link": spec.link,
+        "seed": spec.seed,
+        "status": "ok",
+        "error": None,
+        "steps": count,
+        "warmup_steps": warm,
+        "measured_steps": count - warm,
+        "step_time_s": step_time,
+        "step_time_s_per_rank": per_rank,
+        "mean_step_s": max(statistics.fmean(s["step_s"] for s in steps) for steps in measured),
+        "predicted_step_s": prediction.total_s,
+        "prediction_error": step_time / prediction.total_s - 1 if prediction.total_s else None,
+        "compute_s": compute,
+        "codec_s": codec,
+        "predicted_comm_s": prediction.comm_s,
+        "collectives_per_step": median_of("collectives", own),
+        "rounds_per_step": rounds,
+        "raw_bytes_per_step": raw,
+        "payload_bytes_per_step": median_of("payload_bytes", own),
+        "sent_bytes_per_step": sent,
+        "sent_bytes_per_rank": sent_per_rank,
+        "inter_node_bytes_per_step": inter,
+        "inter_node_bytes_per_node": inter_per_node,
+        "measured_tx_bytes_per_step": statistics.fmean(tx) / per_node if tx else None,
+        "measured_inter_node_tx_bytes_per_step": statistics.fmean(tx) if tx else None,
+        "measured_inter_node_tx_bytes_per_node": tx_per_node if tx else None,
+        "compression_ratio": fp32 / sent if sent else None,
+        "mean_bits": statistics.fmean(s["bits"] for s in own),
+        "encode_s": median_of("encode_s", own),
+        "communicate_s": median_of("communicate_s", own),
+        "decode_s": median_of("decode_s", own),
+        "final_loss": statistics.fmean(losses[-LOSS_WINDOW:]) if losses else None,
+        "test_accuracy": result["test_accuracy"],
+        "test_loss": result["test_loss"],
+        "speedup_vs_fp32": None,
+        "time_to_fp32_loss_s": None,
+        "train_wall_s": times[-1] if times else None,
+        "param_count": result["param_count"],
+        "threads_per_rank": ranks[0].get("threads"),
+        "load_1m": os.getloadavg()[0],  # other work on the machine skews the timings
+        "api_run_id": None,
+    }
+
+
+def empty_record(spec: RunSpec, status: str, error: str) -> dict[str, Any]:
+    """Return a record with every field present, for a run that did not produce figures."""
+    record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    record.update(
+        task=spec.task,
+        scheme=spec.scheme,
+        bits=spec.bits,
+        collective=spec.collective,
+        topology=spec.topology,
+        hierarchical=spec.hierarchical,
+        world_size=spec.world_size,
+        link=spec.link,
+        seed=spec.seed,
+        status=status,
+        error=error,
+        steps=spec.steps,
+    )
+    return record
+
+
+def compare_with_baseline(
+    record: dict[str, Any], baseline: dict[str, Any] | None, result: dict[str, Any] | None
+) -> None:
+    """Fill the ratio to fp32's step time and the time to reach fp32's final loss."""
+    if baseline is None or record["status"] != "ok" or baseline["status"] != "ok":
+        return
+    record["speedup_vs_fp32"] = baseline["step_time_s"] / record["step_time_s"]
+    if result is not None and baseline["final_loss"] is not None:
+        losses, times = per_step(result)
+        record["time_to_fp32_loss_s"] = time_to_loss(losses, times, baseline["final_loss"])
