@@ -23,8 +23,9 @@ __all__ = [
     "phase_chart",
     "prediction_chart",
     "step_phases_chart",
+    "scaling_chart",
+    "sent_bytes_chart",
     "tradeoff_chart",
-    "wire_bytes_chart",
 ]
 
 HEIGHT = 300  # the whole chart: title, legend, plot and axes
@@ -48,6 +49,13 @@ PALETTE = (
     "#9d755d",
     "#bab0ac",
 )  # fmt: skip  (Vega's tableau10)
+
+
+def percent_format(values: pd.Series) -> str:
+    """A percent format with enough decimals that nearby values' ticks differ."""
+    span = float(values.max() - values.min()) if len(values) else 1.0
+    decimals = 0 if span >= 0.1 else 1 if span >= 0.01 else 2
+    return f".{decimals}%"
 
 
 def legend(title: str) -> alt.Legend:
@@ -158,12 +166,12 @@ def accuracy_chart(series: pd.DataFrame, *, x: str = "step", schemes: Schemes = 
     )
 
 
-def wire_bytes_chart(series: pd.DataFrame, *, schemes: Schemes = None) -> alt.Chart:
-    """Bytes each run put on the wire per optimizer step."""
+def sent_bytes_chart(series: pd.DataFrame, *, schemes: Schemes = None) -> alt.Chart:
+    """Bytes a rank of each run sent per optimizer step (what its collectives transmit)."""
     return _series_chart(
         series,
-        name="wire_bytes",
-        title="Wire bytes per step",
+        name="sent_bytes",
+        title="Bytes sent per rank and step (log)",
         y_title="bytes",
         schemes=schemes,
         y_format="~s",
@@ -175,8 +183,8 @@ def cumulative_bytes_chart(cumulative: pd.DataFrame, *, schemes: Schemes = None)
     """Total bytes each run has sent so far (``frames.cumulative(series)``)."""
     return _series_chart(
         cumulative,
-        name="cumulative_wire_bytes",
-        title="Cumulative wire bytes",
+        name="cumulative_sent_bytes",
+        title="Cumulative bytes sent per rank",
         y_title="bytes sent",
         schemes=schemes,
         y_format="~s",
@@ -184,11 +192,12 @@ def cumulative_bytes_chart(cumulative: pd.DataFrame, *, schemes: Schemes = None)
 
 
 def compression_chart(series: pd.DataFrame, *, schemes: Schemes = None) -> alt.Chart:
-    """Raw over wire bytes per step: how many times fewer bytes than fp32 each run sends."""
+    """fp32 DDP's sent bytes at the run's world size over the run's, per step: how many
+    times fewer bytes than plain DDP each rank sends."""
     return _series_chart(
         series,
         name="compression_ratio",
-        title="Compression ratio (raw / wire bytes)",
+        title="Compression ratio (fp32 DDP's bytes sent / this run's)",
         y_title="ratio (x)",
         schemes=schemes,
         y_format=".3~g",
@@ -274,13 +283,13 @@ def tradeoff_chart(tradeoff: pd.DataFrame, *, schemes: Schemes = None) -> alt.Ch
     (fewest bytes for the accuracy) drawn as a dashed staircase through ringed points
     (``frames.tradeoff``)."""
     frame = tradeoff[
-        ["run", "name", "scheme", "bits", "total_wire_bytes", "final_accuracy", "on_front"]
+        ["run", "name", "scheme", "bits", "total_sent_bytes", "final_accuracy", "on_front"]
     ].copy()
     frame["bits"] = frame["bits"].astype("float64")
     frame["front"] = frame["on_front"].map({True: "on the front", False: "dominated"})
     x = alt.X(
-        "total_wire_bytes:Q",
-        title="total bytes sent (log)",
+        "total_sent_bytes:Q",
+        title="total bytes sent per rank (log)",
         scale=alt.Scale(type="log"),
         axis=alt.Axis(format="~s"),
     )
@@ -288,13 +297,13 @@ def tradeoff_chart(tradeoff: pd.DataFrame, *, schemes: Schemes = None) -> alt.Ch
         "final_accuracy:Q",
         title="final accuracy",
         scale=alt.Scale(zero=False),
-        axis=alt.Axis(format=".0%"),
+        axis=alt.Axis(format=percent_format(frame["final_accuracy"])),
     )
-    front = frame[frame["on_front"]].sort_values("total_wire_bytes")
+    front = frame[frame["on_front"]].sort_values("total_sent_bytes")
     staircase = (
         alt.Chart(front)
         .mark_line(interpolate="step-after", color="#666", strokeDash=[5, 4])
-        .encode(x=x, y=y, order="total_wire_bytes:Q")
+        .encode(x=x, y=y, order="total_sent_bytes:Q")
     )
     rings = (
         alt.Chart(front)
@@ -314,7 +323,7 @@ def tradeoff_chart(tradeoff: pd.DataFrame, *, schemes: Schemes = None) -> alt.Ch
                 alt.Tooltip("name:N", title="name"),
                 alt.Tooltip("scheme:N", title="scheme"),
                 alt.Tooltip("bits:Q", title="bits", format="d"),
-                alt.Tooltip("total_wire_bytes:Q", title="bytes sent", format=",.0f"),
+                alt.Tooltip("total_sent_bytes:Q", title="bytes sent", format=",.0f"),
                 alt.Tooltip("final_accuracy:Q", title="final accuracy", format=".2%"),
                 alt.Tooltip("front:N", title="Pareto"),
             ],
@@ -363,3 +372,38 @@ def prediction_chart(predictions: pd.DataFrame, *, schemes: Schemes = None) -> a
         )
     )
     return alt.layer(gap, dots).properties(title="Measured vs predicted step time", height=HEIGHT)
+
+
+SCALING_MEASURES = {
+    "sent_bytes": ("sent bytes per rank and step", "~s", "Bytes sent per rank as ranks grow"),
+    "step_ms": ("time per step (ms)", ",.0f", "Step time as ranks grow"),
+}
+
+
+def scaling_chart(scaling: pd.DataFrame, measure: str, *, schemes: Schemes = None) -> alt.Chart:
+    """``measure`` (``"sent_bytes"`` or ``"step_ms"``) against world size, a line per
+    scheme, width and collective (``frames.scaling``): flat lines are what scale."""
+    title, fmt, heading = SCALING_MEASURES[measure]
+    frame = scaling.copy()
+    frame["bits"] = frame["bits"].astype("float64")
+    base = alt.Chart(frame).encode(
+        x=alt.X("world_size:Q", title="ranks", scale=alt.Scale(type="log", base=2)),
+        y=alt.Y(f"{measure}:Q", title=title, axis=alt.Axis(format=fmt),
+                scale=alt.Scale(type="log")),
+        color=scheme_color(frame, schemes),
+        detail="line:N",
+    )  # fmt: skip
+    lines = base.mark_line(strokeWidth=1.8).encode(
+        strokeDash=alt.StrokeDash("collective:N", legend=legend("collective"))
+    )
+    points = base.mark_point(filled=True, size=60).encode(
+        tooltip=[
+            alt.Tooltip("scheme:N", title="scheme"),
+            alt.Tooltip("bits:Q", title="bits", format="d"),
+            alt.Tooltip("collective:N", title="collective"),
+            alt.Tooltip("world_size:Q", title="ranks", format="d"),
+            alt.Tooltip(f"{measure}:Q", title=title, format=",.4~g"),
+            alt.Tooltip("runs:Q", title="runs (median)", format="d"),
+        ]
+    )
+    return alt.layer(lines, points).properties(title=heading, height=HEIGHT)

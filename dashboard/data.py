@@ -45,7 +45,9 @@ STEP_METRICS = (
     "loss",
     "accuracy",
     "raw_bytes",
-    "wire_bytes",
+    "payload_bytes",
+    "sent_bytes",
+    "inter_node_bytes",
     "compression_ratio",
     "encode_s",
     "communicate_s",
@@ -55,12 +57,12 @@ STEP_METRICS = (
     "buckets",
 )
 # The run list's filters: query parameter of the API (and of the dashboard's URL).
-FILTER_FIELDS = ("scheme", "bits", "dataset", "model", "status", "tag")
+FILTER_FIELDS = ("scheme", "bits", "collective", "dataset", "model", "status", "tag")
 
 RUN_COLUMNS = (
-    "id", "name", "scheme", "bits", "status", "world_size", "num_nodes", "dataset",
-    "model_name", "tags", "final_loss", "final_accuracy", "total_raw_bytes",
-    "total_wire_bytes", "compression_ratio", "mean_step_s", "mean_encode_s",
+    "id", "name", "scheme", "bits", "collective", "status", "world_size", "num_nodes",
+    "dataset", "model_name", "tags", "final_loss", "final_accuracy", "total_raw_bytes",
+    "total_payload_bytes", "total_sent_bytes", "compression_ratio", "mean_step_s", "mean_encode_s",
     "mean_communicate_s", "mean_decode_s", "predicted_step_s", "created_at", "finished_at",
 )  # fmt: skip
 METRIC_COLUMNS = ("run_id", "step", "epoch", "wall_time", "name", "value")
@@ -165,7 +167,7 @@ def fetch_comparison(
     api_url: str, ids: tuple[int, ...], baseline: int | None = None
 ) -> pd.DataFrame:
     """Return ``/runs/compare``: one row per run in the order of ``ids``, with the ratios
-    to the baseline (``speedup``, ``wire_bytes_ratio``, ``accuracy_delta``...)."""
+    to the baseline (``speedup``, ``sent_bytes_ratio``, ``accuracy_delta``...)."""
     params: dict[str, Any] = {"ids": ",".join(map(str, ids))}
     if baseline is not None:
         params["baseline"] = baseline

@@ -18,6 +18,8 @@ __all__ = [
     "predictions",
     "run_figures",
     "run_label",
+    "scaling",
+    "scheme_label",
     "step_phases",
     "tradeoff",
 ]
@@ -27,11 +29,16 @@ PHASES = ("compute", "encode", "communicate", "decode")
 SERIES_COLUMNS = ["run_id", "run", "scheme", "bits", "step", "time_s", "name", "value"]
 
 
+def scheme_label(scheme: str, bits: object = None) -> str:
+    """Name a scheme at a width: ``qsgd 4-bit``."""
+    if bits is None or (isinstance(bits, float) and math.isnan(bits)) or bits is pd.NA:
+        return scheme
+    return f"{scheme} {int(bits)}-bit"  # type: ignore[call-overload]
+
+
 def run_label(run_id: int, scheme: str, bits: object = None) -> str:
     """Name a run in legends and axes: ``#3 qsgd 4-bit``."""
-    if bits is None or (isinstance(bits, float) and math.isnan(bits)) or bits is pd.NA:
-        return f"#{run_id} {scheme}"
-    return f"#{run_id} {scheme} {int(bits)}-bit"  # type: ignore[call-overload]
+    return f"#{run_id} {scheme_label(scheme, bits)}"
 
 
 def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -58,7 +65,7 @@ def metric_series(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return frame[SERIES_COLUMNS].sort_values(["run_id", "name", "step"], ignore_index=True)
 
 
-def cumulative(series: pd.DataFrame, name: str = "wire_bytes") -> pd.DataFrame:
+def cumulative(series: pd.DataFrame, name: str = "sent_bytes") -> pd.DataFrame:
     """Return the running total of metric ``name`` per run, as metric ``cumulative_<name>``.
 
     The API may have thinned the points evenly; each kept point then stands for the steps
@@ -157,12 +164,46 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str) -> pd.Series:
 def tradeoff(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs with a final accuracy and a byte count, labelled, with ``on_front`` marking
     the Pareto front of fewest bytes sent against highest accuracy."""
-    frame = label_runs(runs).dropna(subset=["final_accuracy", "total_wire_bytes"])
-    frame = frame[frame["total_wire_bytes"] > 0].copy()
-    frame["total_wire_bytes"] = frame["total_wire_bytes"].astype("float64")
+    frame = label_runs(runs).dropna(subset=["final_accuracy", "total_sent_bytes"])
+    frame = frame[frame["total_sent_bytes"] > 0].copy()
+    frame["total_sent_bytes"] = frame["total_sent_bytes"].astype("float64")
     frame["final_accuracy"] = frame["final_accuracy"].astype("float64")
-    frame["on_front"] = pareto_front(frame, "total_wire_bytes", "final_accuracy")
+    frame["on_front"] = pareto_front(frame, "total_sent_bytes", "final_accuracy")
     return frame.reset_index(drop=True)
+
+
+SCALING_COLUMNS = ["line", "scheme", "bits", "collective", "world_size", "sent_bytes", "step_ms",
+                   "runs"]  # fmt: skip
+
+
+def scaling(runs: pd.DataFrame) -> pd.DataFrame:
+    """Sent bytes per rank and step, and step time, of finished runs by world size.
+
+    One row per (scheme, bits, collective, world size): the medians over its runs. A run's
+    bytes per step are its ``total_sent_bytes`` over its steps (``summary["steps"]``).
+    """
+    frame = runs[runs["status"] == "finished"].copy()
+    steps = frame["summary"].map(lambda summary: (summary or {}).get("steps"))
+    frame["sent_bytes"] = frame["total_sent_bytes"].astype("float64") / steps.astype("float64")
+    frame["step_ms"] = frame["mean_step_s"].astype("float64") * 1e3
+    frame = frame.dropna(subset=["world_size", "sent_bytes", "step_ms"])
+    frame = frame[frame["sent_bytes"] > 0]
+    if frame.empty:
+        return pd.DataFrame(columns=SCALING_COLUMNS)
+    frame["collective"] = frame["collective"].fillna("-")
+    frame["bits"] = frame["bits"].astype("float64")
+    keys = ["scheme", "bits", "collective", "world_size"]
+    table = (
+        frame.groupby(keys, dropna=False)
+        .agg(sent_bytes=("sent_bytes", "median"), step_ms=("step_ms", "median"),
+             runs=("id", "size"))
+        .reset_index()
+    )  # fmt: skip
+    table["line"] = [
+        f"{scheme_label(s, b)} {c}"
+        for s, b, c in zip(table["scheme"], table["bits"], table["collective"], strict=True)
+    ]
+    return table[SCALING_COLUMNS].sort_values(["line", "world_size"], ignore_index=True)
 
 
 def predictions(runs: pd.DataFrame) -> pd.DataFrame:
@@ -205,13 +246,12 @@ def run_figures(run: dict, series: pd.DataFrame) -> dict[str, float | None]:
         rows = series[series["name"] == name]["value"]
         return float(rows.mean()) if not rows.empty else None
 
-    raw, wire = total("raw_bytes"), total("wire_bytes")
     steps = (run.get("summary") or {}).get("steps")
     estimates = {
         "final_accuracy": last("accuracy"),
         "final_loss": last("loss"),
-        "total_wire_bytes": wire,
-        "compression_ratio": raw / wire if raw and wire else None,
+        "total_sent_bytes": total("sent_bytes"),
+        "compression_ratio": mean("compression_ratio"),
         "mean_step_s": mean("step_s"),
         "predicted_step_s": None,
         "steps": float(series["step"].max() + 1) if not series.empty else None,

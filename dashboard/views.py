@@ -25,6 +25,7 @@ MAX_POINTS = 500  # points per metric and run asked of the API (a chart is ~500 
 FILTER_LABELS = {
     "scheme": "Scheme",
     "bits": "Bits",
+    "collective": "Collective",
     "dataset": "Dataset",
     "model": "Model",
     "status": "Status",
@@ -186,6 +187,7 @@ def _sidebar_filters(all_runs: pd.DataFrame) -> tuple[tuple[str, tuple[str, ...]
     options: dict[str, list[Any]] = {
         "scheme": sorted(all_runs["scheme"].dropna().unique()),
         "bits": sorted(int(b) for b in all_runs["bits"].dropna().unique()),
+        "collective": sorted(all_runs["collective"].dropna().unique()),
         "dataset": sorted(all_runs["dataset"].dropna().unique()),
         "model": sorted(all_runs["model_name"].dropna().unique()),
         "status": sorted(all_runs["status"].dropna().unique()),
@@ -213,12 +215,12 @@ def _run_table(runs: pd.DataFrame) -> None:
     table = frames.label_runs(runs)
     table["open"] = "?run=" + table["id"].astype(str)
     table["accuracy"] = table["final_accuracy"]
-    table["wire_bytes"] = table["total_wire_bytes"]
+    table["sent_bytes"] = table["total_sent_bytes"]
     table["step_ms"] = table["mean_step_s"] * 1e3
     table["tags"] = table["tags"].map(lambda tags: ", ".join(tags or []))
     columns = [
-        "id", "open", "name", "scheme", "bits", "status", "world_size", "dataset",
-        "model_name", "accuracy", "final_loss", "compression_ratio", "wire_bytes",
+        "id", "open", "name", "scheme", "bits", "collective", "status", "world_size",
+        "dataset", "model_name", "accuracy", "final_loss", "compression_ratio", "sent_bytes",
         "step_ms", "tags", "created_at",
     ]  # fmt: skip
     st.dataframe(
@@ -236,8 +238,12 @@ def _run_table(runs: pd.DataFrame) -> None:
             "model_name": "model",
             "accuracy": st.column_config.NumberColumn("final accuracy", format="percent"),
             "final_loss": st.column_config.NumberColumn("final loss", format="%.3f"),
-            "compression_ratio": st.column_config.NumberColumn("compression", format="%.1fx"),
-            "wire_bytes": st.column_config.NumberColumn("bytes sent", format="compact"),
+            "compression_ratio": st.column_config.NumberColumn(
+                "compression", format="%.1fx", help="fp32 DDP's bytes sent / this run's"
+            ),
+            "sent_bytes": st.column_config.NumberColumn(
+                "bytes sent", format="compact", help="per rank, over the whole run"
+            ),
             "step_ms": st.column_config.NumberColumn("ms / step", format="%.1f"),
             "created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
         },
@@ -350,16 +356,16 @@ def _summary_cards(summary: pd.DataFrame) -> None:
             lower_is_better=False,
         )
 
-    sent = table.dropna(subset=["total_wire_bytes"])
+    sent = table.dropna(subset=["total_sent_bytes"])
     if sent.empty:
         cards[2].metric("Fewest bytes sent", "–", border=True)
     else:
-        least = sent.loc[sent["total_wire_bytes"].astype("float64").idxmin()]
-        ratio = None if least["is_baseline"] else _number(least["wire_bytes_ratio"])
+        least = sent.loc[sent["total_sent_bytes"].astype("float64").idxmin()]
+        ratio = None if least["is_baseline"] else _number(least["sent_bytes_ratio"])
         _card(
             cards[2],
             "Fewest bytes sent",
-            _bytes(float(least["total_wire_bytes"])),
+            _bytes(float(least["total_sent_bytes"])),
             least["run"],
             f"{ratio - 1:+.0%}" if ratio is not None else None,
             lower_is_better=True,
@@ -403,6 +409,24 @@ def _summary_cards(summary: pd.DataFrame) -> None:
         )
 
 
+Box = tuple[alt.Chart | None, str]  # a chart, or why there is none
+
+
+def _metric_box(series: pd.DataFrame, name: str, build: Callable[..., alt.Chart], empty: str,
+                **options: Any) -> Box:  # fmt: skip
+    x = options.get("x", "step")
+    return (build(series, **options) if _has(series, name, x) else None, empty)
+
+
+def _boxes(boxes: list[Box]) -> None:
+    """Draw charts two to a row."""
+    for start in range(0, len(boxes), 2):
+        for column, (chart, empty) in zip(st.columns(2, gap="small"), boxes[start : start + 2],
+                                          strict=False):  # fmt: skip
+            with column:
+                _chart(chart, empty)
+
+
 def _comparison_charts(
     summary: pd.DataFrame,
     series: pd.DataFrame,
@@ -410,88 +434,84 @@ def _comparison_charts(
     schemes: list[str],
     api_url: str,
 ) -> None:
-    def pair() -> list[Any]:
-        return st.columns(2, gap="small")
-
-    left, right = pair()
-    with left:
-        _chart(
-            charts.loss_chart(series, schemes=schemes) if _has(series, "loss") else None,
-            "No loss points yet.",
-        )
-    with right:
-        _chart(
-            charts.loss_chart(series, x="time_s", schemes=schemes)
-            if _has(series, "loss", "time_s")
-            else None,
+    total = frames.cumulative(series, "sent_bytes")
+    phases = frames.phase_means(summary, series)
+    points = frames.tradeoff(runs)
+    dqsgd = series[series["scheme"] == "dqsgd"]
+    predicted = frames.predictions(summary)
+    on = {"schemes": schemes}
+    boxes: list[Box] = [
+        _metric_box(series, "loss", charts.loss_chart, "No loss points yet.", **on),
+        _metric_box(
+            series,
+            "loss",
+            charts.loss_chart,
             "No wall-clock times stored with the loss.",
-        )
-    left, right = pair()
-    with left:
-        _chart(
-            charts.accuracy_chart(series, schemes=schemes) if _has(series, "accuracy") else None,
+            x="time_s",
+            **on,
+        ),  # fmt: skip
+        _metric_box(
+            series,
+            "accuracy",
+            charts.accuracy_chart,
             "No accuracy points yet (they come at validation).",
-        )
-    with right:
-        _chart(
-            charts.accuracy_chart(series, x="time_s", schemes=schemes)
-            if _has(series, "accuracy", "time_s")
-            else None,
+            **on,
+        ),  # fmt: skip
+        _metric_box(
+            series,
+            "accuracy",
+            charts.accuracy_chart,
             "No accuracy points with wall-clock times yet.",
-        )
-    left, right = pair()
-    with left:
-        _chart(
-            charts.wire_bytes_chart(series, schemes=schemes)
-            if _has(series, "wire_bytes")
-            else None,
-            "No wire bytes recorded.",
-        )
-    with right:
-        total = frames.cumulative(series, "wire_bytes")
-        _chart(
-            charts.cumulative_bytes_chart(total, schemes=schemes) if not total.empty else None,
-            "No wire bytes recorded.",
-        )
-    left, right = pair()
-    with left:
-        _chart(
-            charts.compression_chart(series, schemes=schemes)
-            if _has(series, "compression_ratio")
-            else None,
+            x="time_s",
+            **on,
+        ),  # fmt: skip
+        _metric_box(series, "sent_bytes", charts.sent_bytes_chart, "No sent bytes recorded.", **on),
+        (
+            charts.cumulative_bytes_chart(total, **on) if not total.empty else None,
+            "No sent bytes recorded.",
+        ),  # fmt: skip
+        _metric_box(
+            series,
+            "compression_ratio",
+            charts.compression_chart,
             "No compression ratio recorded.",
-        )
-    with right:
-        phases = frames.phase_means(summary, series)
-        _chart(
-            charts.phase_chart(phases) if not phases.empty else None,
-            "No step times recorded.",
-        )
-    left, right = pair()
-    with left:
-        points = frames.tradeoff(runs)
-        _chart(
-            charts.tradeoff_chart(points, schemes=schemes) if not points.empty else None,
+            **on,
+        ),  # fmt: skip
+        (charts.phase_chart(phases) if not phases.empty else None, "No step times recorded."),
+        (
+            charts.tradeoff_chart(points, **on) if not points.empty else None,
             "No run in the filters has both a final accuracy and a byte count.",
-        )
-    with right:
-        dqsgd = series[series["scheme"] == "dqsgd"]
-        _chart(
-            charts.bits_chart(dqsgd, schemes=schemes).properties(title="DQ-SGD bits by step")
+        ),  # fmt: skip
+        (
+            charts.bits_chart(dqsgd, **on).properties(title="DQ-SGD bits by step")
             if _has(dqsgd, "bits")
             else None,
             "DQ-SGD picks its bit width every step: add a dqsgd run to see it here.",
-        )
-    left, right = pair()
-    with left:
-        predicted = frames.predictions(summary)
-        _chart(
-            charts.prediction_chart(predicted, schemes=schemes) if not predicted.empty else None,
+        ),  # fmt: skip
+        (
+            charts.prediction_chart(predicted, **on) if not predicted.empty else None,
             "No compared run has a predicted step time (the sweep's performance model).",
-        )
-    with right, st.container(border=True):
+        ),  # fmt: skip
+    ]
+    _boxes(boxes)
+    with st.container(border=True):
         st.markdown("**Side by side** (ratios against the baseline)")
         _side_by_side(summary)
+    _scaling(runs, schemes)
+
+
+def _scaling(runs: pd.DataFrame, schemes: list[str]) -> None:
+    """Bytes per rank and step time against world size, for the runs in the filters."""
+    table = frames.scaling(runs)
+    if table["world_size"].nunique() < 2:
+        return
+    st.subheader("Scaling")
+    st.caption(
+        "Finished runs in the filters, median per scheme, width, collective and world "
+        "size. Flat bytes per rank are what scale: an all-gather sends (n-1) payloads, "
+        "the reduce-scatter 2 (n-1)/n."
+    )
+    _boxes([(charts.scaling_chart(table, m, schemes=schemes), "") for m in charts.SCALING_MEASURES])
 
 
 def _side_by_side(summary: pd.DataFrame) -> None:
@@ -505,11 +525,14 @@ def _side_by_side(summary: pd.DataFrame) -> None:
                 "run",
                 "open",
                 "status",
+                "collective",
+                "world_size",
                 "final_accuracy",
                 "accuracy_delta",
                 "final_loss",
-                "total_wire_bytes",
-                "wire_bytes_ratio",
+                "total_sent_bytes",
+                "sent_bytes_ratio",
+                "compression_ratio",
                 "step_ms",
                 "speedup",
                 "predicted_ms",
@@ -523,8 +546,12 @@ def _side_by_side(summary: pd.DataFrame) -> None:
             "final_accuracy": st.column_config.NumberColumn("accuracy", format="percent"),
             "accuracy_delta": st.column_config.NumberColumn("Δ accuracy", format="%+.4f"),
             "final_loss": st.column_config.NumberColumn("loss", format="%.3f"),
-            "total_wire_bytes": st.column_config.NumberColumn("bytes sent", format="compact"),
-            "wire_bytes_ratio": st.column_config.NumberColumn("bytes ratio", format="%.3f"),
+            "world_size": st.column_config.NumberColumn("ranks", format="%d"),
+            "total_sent_bytes": st.column_config.NumberColumn("bytes sent", format="compact"),
+            "sent_bytes_ratio": st.column_config.NumberColumn("bytes ratio", format="%.3f"),
+            "compression_ratio": st.column_config.NumberColumn(
+                "compression", format="%.1fx", help="fp32 DDP's bytes sent / this run's"
+            ),
             "step_ms": st.column_config.NumberColumn("ms / step", format="%.1f"),
             "speedup": st.column_config.NumberColumn("speedup", format="%.2fx"),
             "predicted_ms": st.column_config.NumberColumn("predicted ms", format="%.1f"),
@@ -607,7 +634,7 @@ def _run_cards(run: dict[str, Any], series: pd.DataFrame) -> None:
     )
     cards[1].metric(f"{latest} loss", f"{loss:.4f}" if loss is not None else "–", border=True)
     cards[2].metric("Compression", f"{ratio:.1f}x" if ratio is not None else "–", border=True)
-    cards[3].metric("Bytes sent", _bytes(figures["total_wire_bytes"]), border=True)
+    cards[3].metric("Bytes sent", _bytes(figures["total_sent_bytes"]), border=True)
     cards[4].metric(
         "Mean step",
         f"{1e3 * step:.1f} ms" if step is not None else "–",
@@ -623,28 +650,25 @@ def _run_charts(series: pd.DataFrame) -> None:
     if series.empty:
         st.info("This run has no metrics yet.")
         return
-    shown = [
-        ("loss", charts.loss_chart),
-        ("accuracy", charts.accuracy_chart),
-        ("wire_bytes", charts.wire_bytes_chart),
-        ("compression_ratio", charts.compression_chart),
-        ("bits", charts.bits_chart),
-    ]
-    boxes: list[tuple[alt.Chart | None, str]] = [
-        (chart(series) if _has(series, name) else None, f"No {name} recorded.")
-        for name, chart in shown
-    ]
-    total = frames.cumulative(series, "wire_bytes")
-    boxes.insert(
-        3,
-        (charts.cumulative_bytes_chart(total) if not total.empty else None, "No wire bytes."),
-    )
+    total = frames.cumulative(series, "sent_bytes")
     phases = frames.step_phases(series)
-    boxes.append((charts.step_phases_chart(phases) if not phases.empty else None, "No step times."))
-    for start in range(0, len(boxes), 2):
-        for column, (chart, empty) in zip(st.columns(2), boxes[start : start + 2], strict=False):
-            with column:
-                _chart(chart, empty)
+    boxes: list[Box] = [
+        _metric_box(series, name, build, f"No {name} recorded.")
+        for name, build in (
+            ("loss", charts.loss_chart),
+            ("accuracy", charts.accuracy_chart),
+            ("sent_bytes", charts.sent_bytes_chart),
+        )
+    ]
+    boxes += [
+        (charts.cumulative_bytes_chart(total) if not total.empty else None, "No sent bytes."),
+        _metric_box(
+            series, "compression_ratio", charts.compression_chart, "No compression_ratio recorded."
+        ),  # fmt: skip
+        _metric_box(series, "bits", charts.bits_chart, "No bits recorded."),
+        (charts.step_phases_chart(phases) if not phases.empty else None, "No step times."),
+    ]
+    _boxes(boxes)
     others = sorted(set(series["name"]) - set(data.STEP_METRICS))
     if others:
         name = st.selectbox("Other metrics", others)
@@ -653,7 +677,8 @@ def _run_charts(series: pd.DataFrame) -> None:
 
 def _run_config(run: dict[str, Any]) -> None:
     setup_keys = [
-        "id", "name", "status", "scheme", "bits", "bucket_size", "world_size", "num_nodes",
+        "id", "name", "status", "scheme", "bits", "collective", "bucket_size", "world_size",
+        "num_nodes",
         "backend", "device", "model_name", "param_count", "dataset", "host", "created_at",
         "updated_at", "finished_at",
     ]  # fmt: skip

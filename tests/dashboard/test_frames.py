@@ -56,13 +56,13 @@ def test_series_are_labelled_and_timed_from_each_runs_first_point(series):
 
 
 def test_cumulative_bytes_are_exact_and_survive_thinning(series):
-    total = frames.cumulative(series, "wire_bytes")
-    wire = series[(series["name"] == "wire_bytes")]
+    total = frames.cumulative(series, "sent_bytes")
+    wire = series[(series["name"] == "sent_bytes")]
     for run_id, rows in total.groupby("run_id"):
         assert rows["value"].iloc[-1] == pytest.approx(wire[wire.run_id == run_id].value.sum())
     # every 7th step kept, as the API's downsampling would: the total stays right
     thinned = series[(series["step"] % 7 == 0) | (series["step"] == 49)]
-    thin_total = frames.cumulative(thinned, "wire_bytes").groupby("run_id")["value"].last()
+    thin_total = frames.cumulative(thinned, "sent_bytes").groupby("run_id")["value"].last()
     full_total = total.groupby("run_id")["value"].last()
     assert (thin_total / full_total).between(0.97, 1.03).all()
 
@@ -143,7 +143,7 @@ def test_every_chart_is_typed_has_tooltips_and_a_scheme_legend(series):
         "loss": charts.loss_chart(series, schemes=schemes),
         "loss_time": charts.loss_chart(series, x="time_s", schemes=schemes),
         "accuracy": charts.accuracy_chart(series, schemes=schemes),
-        "wire": charts.wire_bytes_chart(series, schemes=schemes),
+        "sent": charts.sent_bytes_chart(series, schemes=schemes),
         "cumulative": charts.cumulative_bytes_chart(frames.cumulative(series), schemes=schemes),
         "ratio": charts.compression_chart(series, schemes=schemes),
         "bits": charts.bits_chart(series, schemes=schemes),
@@ -151,6 +151,7 @@ def test_every_chart_is_typed_has_tooltips_and_a_scheme_legend(series):
         "step_phases": charts.step_phases_chart(frames.step_phases(series)),
         "tradeoff": charts.tradeoff_chart(frames.tradeoff(runs), schemes=schemes),
         "prediction": charts.prediction_chart(frames.predictions(runs), schemes=schemes),
+        "scaling": charts.scaling_chart(frames.scaling(runs), "sent_bytes", schemes=schemes),
     }
     for name, chart in built.items():
         spec = chart.to_dict()  # validates against the Vega-Lite schema
@@ -166,3 +167,33 @@ def test_every_chart_is_typed_has_tooltips_and_a_scheme_legend(series):
 def _encodings(spec: dict) -> list[dict]:
     layers = spec.get("layer", [spec])
     return [layer["encoding"] for layer in layers if "encoding" in layer]
+
+
+def test_scaling_is_the_median_per_scheme_collective_and_world_size():
+    rows = []
+    for run_id, (collective, world, sent) in enumerate(
+        [("allgather", 2, 100), ("allgather", 4, 300), ("allgather", 8, 700),
+         ("reduce_scatter", 4, 150), ("reduce_scatter", 4, 160), ("reduce_scatter", 8, 175)]
+    ):  # fmt: skip
+        run = run_payload("qsgd", bits=4, steps=10, world_size=world, collective=collective)
+        rows.append({**run, "id": run_id, "total_sent_bytes": sent * 10})
+    rows.append({**run_payload("qsgd", status="running", world_size=16), "id": 99})
+    table = frames.scaling(pd.DataFrame(rows))
+    got = {(r.collective, r.world_size): (r.sent_bytes, r.runs) for r in table.itertuples()}
+    assert got == {
+        ("allgather", 2): (100, 1),
+        ("allgather", 4): (300, 1),
+        ("allgather", 8): (700, 1),
+        ("reduce_scatter", 4): (155, 2),
+        ("reduce_scatter", 8): (175, 1),
+    }  # fmt: skip  (the running run has no figures yet)
+    assert set(table["line"]) == {"qsgd 4-bit allgather", "qsgd 4-bit reduce_scatter"}
+    fields = _fields(charts.scaling_chart(table, "step_ms").to_dict())
+    assert ("world_size", "quantitative") in fields and ("collective", "nominal") in fields
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"), [([0.5, 0.9], ".0%"), ([0.95, 0.97], ".1%"), ([0.971, 0.975], ".2%")]
+)
+def test_accuracy_ticks_have_enough_decimals_to_differ(values, expected):
+    assert charts.percent_format(pd.Series(values)) == expected
