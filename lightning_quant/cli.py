@@ -139,12 +139,15 @@ def dashboard(
         _fail(error)
 
 
+def _sweep(args: list[str]) -> int:
+    """Run ``python -m benchmarks.sweep ARGS`` in its own process; return its exit code."""
+    return subprocess.run([sys.executable, "-m", "benchmarks.sweep", *args], check=False).returncode
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
     """Run the benchmark sweep (all options of ``python -m benchmarks.sweep --help``)."""
-    from benchmarks.sweep import main
-
-    raise typer.Exit(main(list(ctx.args)))
+    raise typer.Exit(_sweep(list(ctx.args)))
 
 
 @app.command()
@@ -156,7 +159,7 @@ def replay(
     token: str = typer.Option(None, envvar="LQ_API_TOKEN", help="bearer token for writes"),
 ) -> None:
     """Send run records that training could not deliver (spooled) to the API."""
-    from lightning_quant.reporting import replay_spool
+    from lightning_quant.runstore import replay_spool
 
     delivered, left = replay_spool(api_url, spool_dir, token)
     typer.echo(f"replayed {delivered} spooled run(s); {left} left")
@@ -206,9 +209,7 @@ def demo(
             f"{dashboard_url}/_stcore/health", processes[-1], logs / "dashboard.log", timeout=90
         )
         typer.secho(f"\n  dashboard: {dashboard_url}\n  REST API:  {api_url}/docs\n", bold=True)
-        from benchmarks.sweep import main as sweep
-
-        code = sweep(
+        code = _sweep(
             ["--task", "digits", "--schemes", schemes, "--bits", bits, "--world-size", "2",
              "--link", "none", "--steps", str(steps), "--api", api_url,
              "--json", str(data_dir / "demo-runs.json")]

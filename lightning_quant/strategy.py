@@ -27,28 +27,27 @@ from lightning_quant.collectives import AUTO, check_collective
 from lightning_quant.hooks import (
     DEFAULT_MIN_COMPRESS_NUMEL,
     PEERS,
+    STEP_METRICS,
     QuantizedCommState,
     make_comm_hook,
 )
 from lightning_quant.hooks.groups import node_mesh
 from lightning_quant.hooks.state import use_hierarchy
+from lightning_quant.hooks.stats import METRIC_PREFIX
 from lightning_quant.quantizers import (
     Quantizer,
     available_quantizers,
     get_quantizer,
     quantizer_settings,
 )
+from lightning_quant.runstore.logger import CONFIG_KEY, RunStoreLogger
 
 __all__ = ["CHECKPOINT_KEY", "QuantizedDDPStrategy", "STRATEGY_NAMES"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "lightning_quant"
-HISTORY_STEPS = 100_000  # per-step figures kept in memory; totals cover the whole run
-SUMMED = (
-    "raw_bytes", "payload_bytes", "sent_bytes", "inter_node_bytes",
-    "encode_s", "communicate_s", "decode_s", "step_s",
-)  # fmt: skip
+HISTORY_STEPS = 100_000  # per-step figures kept in memory
 SINGLE_BUCKET_MB = 100_000  # PowerSGD's hook is only safe on gloo with one bucket
 
 
@@ -62,7 +61,10 @@ class QuantizedDDPStrategy(DDPStrategy):
         bits: wire bits per coordinate, sign included (ignored by the float baselines).
         bucket_size: coordinates per quantization bucket (bucketed schemes).
         error_feedback: carry each bucket's quantization error into the next step.
-        min_compress_numel: DDP buckets smaller than this go as plain fp32 allreduce.
+        min_compress_numel: parameters with fewer elements go uncompressed (fp32).
+        compress_1d: also quantize 1-D parameters (biases, norms); by default they go
+            uncompressed, as in PowerSGD and CGX.
+        start_step: send the first optimizer steps uncompressed (a warm-up).
         collective: ``"auto"`` or a collective the scheme declares (``"allgather"``,
             ``"reduce_scatter"``, ``"allreduce"``); ``auto`` sends the fewest bytes per
             rank: all-gather at 2 ranks, the re-quantizing reduce-scatter from 3 on.
@@ -71,15 +73,18 @@ class QuantizedDDPStrategy(DDPStrategy):
             (node, local) ``DeviceMesh`` built from the cluster environment; ``"auto"``:
             when ``num_nodes > 1`` and there is more than one device per node.
         seed: base seed of the quantization noise; rank ``r`` uses ``seed + r``.
-        report_to: URL of a lightning-quant API; adds the run reporter callback.
+        report_to: URL of a lightning-quant run store; adds a :class:`RunStoreLogger` to
+            the trainer's loggers.
         quantizer_config: further quantizer settings (e.g. DQ-SGD's ``target_error``).
         powersgd_rank: matrix approximation rank for ``"torch_powersgd"``.
         **ddp_kwargs: passed to :class:`DDPStrategy` (``process_group_backend``,
             ``bucket_cap_mb``, ``find_unused_parameters``...).
 
-    DQ-SGD's ``total_steps`` defaults to the trainer's estimated optimizer steps. Every
-    optimizer step's communication figures are logged from rank zero under ``comm/``, kept
-    in :attr:`stats_history` (the last 100,000 steps) and added up in :attr:`totals`;
+    DQ-SGD's ``total_steps`` defaults to the trainer's estimated optimizer steps. At setup
+    the strategy describes the run to every logger (``log_hyperparams`` under
+    ``"lightning_quant"``); every optimizer step's communication figures go to every logger
+    from rank zero, named ``comm/<name>`` for each name in ``STEP_METRICS``. This rank's
+    own figures are kept in :attr:`stats_history` (the last 100,000 steps);
     :meth:`compression_stats` gives the latest.
     """
 
@@ -92,6 +97,8 @@ class QuantizedDDPStrategy(DDPStrategy):
         bucket_size: int = 512,
         error_feedback: bool = False,
         min_compress_numel: int = DEFAULT_MIN_COMPRESS_NUMEL,
+        compress_1d: bool = False,
+        start_step: int = 0,
         collective: str = AUTO,
         hierarchical: bool | str = False,
         seed: int = 0,
@@ -114,6 +121,8 @@ class QuantizedDDPStrategy(DDPStrategy):
         )
         self.error_feedback = error_feedback
         self.min_compress_numel = min_compress_numel
+        self.compress_1d = compress_1d
+        self.start_step = start_step
         self.collective = collective
         self.hierarchical = hierarchical
         use_hierarchy(hierarchical, 1, 1)  # an unknown value fails now
@@ -122,8 +131,6 @@ class QuantizedDDPStrategy(DDPStrategy):
         self.powersgd_rank = powersgd_rank
         self.comm_state: QuantizedCommState | None = None
         self.stats_history: deque[dict[str, float]] = deque(maxlen=HISTORY_STEPS)
-        self.steps_recorded = 0
-        self.totals: dict[str, float] = dict.fromkeys(SUMMED, 0.0)
         self._pending_state: dict[str, Any] | None = None
         self._step_started: float | None = None
 
@@ -148,6 +155,8 @@ class QuantizedDDPStrategy(DDPStrategy):
             "topology": f"{self.num_nodes}x{len(self.parallel_devices or [None])}",
             "error_feedback": self.error_feedback,
             "min_compress_numel": self.min_compress_numel,
+            "compress_1d": self.compress_1d,
+            "start_step": self.start_step,
             "seed": self.seed,
             "world_size": self.world_size,
             "num_nodes": self.num_nodes,
@@ -155,15 +164,30 @@ class QuantizedDDPStrategy(DDPStrategy):
             "quantizer": quantizer,
         }
 
+    def describe(self) -> dict[str, Any]:
+        """Return the run as the strategy knows it, in the run store's field names."""
+        config = self.config_dict()
+        module = self.lightning_module
+        return {
+            **{k: config[k] for k in ("scheme", "bits", "collective", "bucket_size")},
+            **{k: config[k] for k in ("world_size", "num_nodes", "topology", "hierarchical")},
+            "backend": config["backend"],
+            "device": str(self.root_device),
+            "model_name": type(module).__name__ if module is not None else None,
+            "param_count": sum(p.numel() for p in module.parameters()) if module else None,
+            "strategy_config": {k: v for k, v in config.items() if k != "quantizer"},
+            "quantizer_config": config["quantizer"],
+        }
+
     @override
     def setup(self, trainer: Any) -> None:
-        if self.report_to and not any(
-            type(cb).__name__ == "RunReporter" for cb in trainer.callbacks
-        ):
-            from lightning_quant.reporting import RunReporter
-
-            trainer.callbacks.append(RunReporter(self.report_to))
+        """Set DDP up, register the hook, then describe the run to every logger."""
+        if self.report_to and not any(isinstance(lg, RunStoreLogger) for lg in trainer.loggers):
+            trainer.loggers = [*trainer.loggers, RunStoreLogger(self.report_to)]
         super().setup(trainer)
+        if self.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_hyperparams({CONFIG_KEY: self.describe()})
 
     @override
     def _register_ddp_hooks(self) -> None:
@@ -183,6 +207,8 @@ class QuantizedDDPStrategy(DDPStrategy):
             powersgd_rank=self.powersgd_rank,
             error_feedback=self.error_feedback,
             min_compress_numel=self.min_compress_numel,
+            compress_1d=self.compress_1d,
+            start_step=self.start_step,
             collective=self.collective,
             seed=self.seed,
             ranks_per_node=per_node,
@@ -223,22 +249,21 @@ class QuantizedDDPStrategy(DDPStrategy):
         return output
 
     def _record_step(self) -> None:
+        """Time the step, keep its figures and send them to every logger from rank zero."""
         if self.comm_state is None or not self.comm_state.current.buckets:
             return
         now = time.perf_counter()
-        stats = self.comm_state.compression_stats()
-        stats["step_s"] = now - (self._step_started or now)
+        current = self.comm_state.current
+        current.step_s = now - (self._step_started or now)
         self._step_started = now
+        stats = current.as_dict()
         self.stats_history.append(stats)
-        self.steps_recorded += 1
-        for name in SUMMED:
-            self.totals[name] += stats[name]
         assert self.lightning_module is not None
         trainer = self.lightning_module.trainer
-        if self.is_global_zero:
-            metrics = {f"comm/{k}": float(v) for k, v in stats.items() if k != "step"}
+        if self.is_global_zero:  # at the 0-based step Lightning logs the step's loss at
+            metrics = {METRIC_PREFIX + name: float(stats[name]) for name in STEP_METRICS}
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_metrics(metrics, step=int(stats["step"]))
 
     def compression_stats(self) -> dict[str, float]:
         """Return the latest optimizer step's communication figures on this rank."""

@@ -11,7 +11,9 @@ A scheme declares the collectives it supports (``Quantizer.collectives``); the s
 picks one for the world size (``collective="auto"``: all-gather at 2 ranks, the
 re-quantizing reduce-scatter from 3, Global-QSGD's single ``uint8`` all-reduce while its
 lanes hold the ranks), and :mod:`~lightning_quant.hooks.paths` has one path per
-collective. Buckets under ``min_compress_numel`` elements go as one fp32 all-reduce.
+collective. Parameters under ``min_compress_numel`` elements, and 1-D ones unless
+``compress_1d``, go uncompressed, as one fp32 all-reduce per bucket; so does everything
+before ``start_step``.
 Every collective is launched from a hook body, in an order that depends only on the
 bucket sequence (:mod:`~lightning_quant.hooks.pipeline`); PyTorch's own PowerSGD hook
 breaks that rule and aborts gloo with several buckets.
@@ -53,8 +55,9 @@ def make_comm_hook(
         process_group: the group to reduce over.
         powersgd_rank: PowerSGD's matrix approximation rank.
         **settings: :class:`QuantizedCommState` keywords (``error_feedback``, ``seed``,
-            ``min_compress_numel``, ``collective``, ``ranks_per_node``, ``hierarchical``,
-            ``mesh``, ``intra_dtype``) and quantizer settings (``bits``, ``bucket_size``...).
+            ``min_compress_numel``, ``compress_1d``, ``start_step``, ``collective``,
+            ``ranks_per_node``, ``hierarchical``, ``mesh``, ``intra_dtype``) and quantizer
+            settings (``bits``, ``bucket_size``...).
 
     Example::
 

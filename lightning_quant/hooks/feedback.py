@@ -1,10 +1,11 @@
 """Error-feedback memory: what encoding lost, carried into the next step's encoding.
 
-One :class:`ResidualMemory` holds a vector per DDP bucket, as long as the bucket, keyed by
-the parameters laid out in it. A path may own only a region of the bucket (its shard on
-the reduce-scatter path); the memory then holds that region's error and zeros elsewhere.
-When DDP rebuilds its buckets, or a checkpoint is loaded, the vectors are rebuilt from
-per-parameter pieces, so the error of every parameter follows it into its new bucket.
+One :class:`ResidualMemory` holds a vector per :class:`Layout` (the parameters of a DDP
+bucket that go compressed, laid out flat), as long as the layout. A path may own only a
+region of it (its shard on the reduce-scatter path); the memory then holds that region's
+error and zeros elsewhere. When DDP rebuilds its buckets, or a checkpoint is loaded, the
+vectors are rebuilt from per-parameter pieces, so the error of every parameter follows
+it into its new bucket.
 """
 
 from __future__ import annotations
@@ -12,9 +13,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
-__all__ = ["ResidualMemory"]
+__all__ = ["Layout", "ResidualMemory"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Parameters laid out one after the other in a flat tensor a path reduces.
+
+    Attributes:
+        index: the DDP bucket they belong to.
+        keys: their names (``param@<id>`` for a parameter of an unbound model).
+        sizes: their element counts.
+    """
+
+    index: int
+    keys: tuple[str, ...]
+    sizes: tuple[int, ...]
 
 
 @dataclass
@@ -25,28 +40,23 @@ class _Bucket:
 
 
 class ResidualMemory:
-    """Per-bucket error-feedback residuals, portable across bucket layouts by parameter name.
+    """Per-bucket error-feedback residuals, portable across bucket layouts by parameter name."""
 
-    Args:
-        param_names: ``id(parameter) -> name``, filled by ``QuantizedCommState.bind``.
-    """
-
-    def __init__(self, param_names: dict[int, str]) -> None:
-        self._param_names = param_names
+    def __init__(self) -> None:
         self._buckets: dict[int, _Bucket] = {}
         self._restored: dict[str, torch.Tensor] = {}  # loaded pieces not yet re-attached
 
-    def add(self, bucket: dist.GradBucket, values: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Return ``values`` (the bucket's elements from ``start`` on) plus their residual."""
-        memory = self._memory(bucket, values.device)
-        return values + memory[start : start + values.numel()].to(values.dtype)
+    def add(self, layout: Layout, values: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Return ``values`` (the layout's elements from ``start`` on) plus their residual."""
+        memory = self._memory(layout, values.device)
+        return values.float() + memory[start : start + values.numel()]
 
-    def store(self, bucket: dist.GradBucket, error: torch.Tensor, start: int = 0) -> None:
-        """Remember ``error`` for the bucket's elements from ``start`` on; zero elsewhere."""
-        memory = self._memory(bucket, error.device)
+    def store(self, layout: Layout, error: torch.Tensor, start: int = 0) -> None:
+        """Remember ``error`` for the layout's elements from ``start`` on; zero elsewhere."""
+        memory = self._memory(layout, error.device)
         memory.zero_()
         memory[start : start + error.numel()] = error.detach().reshape(-1)
-        for key in self._buckets[bucket.index()].keys:
+        for key in layout.keys:
             self._restored.pop(key, None)
 
     def pieces(self) -> dict[str, torch.Tensor]:
@@ -67,15 +77,10 @@ class ResidualMemory:
         self._buckets.clear()
         self._restored = dict(pieces)
 
-    def _layout(self, bucket: dist.GradBucket) -> tuple[tuple[str, ...], tuple[int, ...]]:
-        params = bucket.parameters()
-        keys = tuple(self._param_names.get(id(p), f"param@{id(p)}") for p in params)
-        return keys, tuple(p.numel() for p in params)
-
-    def _memory(self, bucket: dist.GradBucket, device: torch.device) -> torch.Tensor:
-        """Return the bucket's residual vector; a new layout is rebuilt by parameter name."""
-        keys, sizes = self._layout(bucket)
-        memory = self._buckets.get(bucket.index())
+    def _memory(self, layout: Layout, device: torch.device) -> torch.Tensor:
+        """Return the layout's residual vector; a new layout is rebuilt by parameter name."""
+        keys, sizes = layout.keys, layout.sizes
+        memory = self._buckets.get(layout.index)
         if memory is not None and memory.keys == keys:
             return memory.values
         self._restored = self.pieces()  # nothing of the old layout is lost
@@ -84,5 +89,5 @@ class ResidualMemory:
             for k, n in zip(keys, sizes, strict=True)
         ]
         flat = torch.cat(rebuilt) if rebuilt else torch.zeros(0, device=device)
-        self._buckets[bucket.index()] = _Bucket(keys, sizes, flat)
+        self._buckets[layout.index] = _Bucket(keys, sizes, flat)
         return flat

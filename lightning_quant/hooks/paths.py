@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_quant.collectives import Collective
-from lightning_quant.hooks.feedback import ResidualMemory
+from lightning_quant.hooks.feedback import Layout, ResidualMemory
 from lightning_quant.hooks.groups import Group
 from lightning_quant.hooks.pipeline import (
     Final,
@@ -72,7 +72,7 @@ __all__ = [
 class Job:
     """One bucket's reduction: the scheme, this step's width and the memories it uses."""
 
-    bucket: dist.GradBucket
+    layout: Layout  # the parameters the reduced tensor holds, for error feedback
     quantizer: Quantizer
     stats: StepStats
     generator: torch.Generator
@@ -90,7 +90,7 @@ class Job:
         self, memory: ResidualMemory | None, x: torch.Tensor, start: int
     ) -> torch.Tensor:
         """Return ``x`` (the bucket's elements from ``start`` on) plus its residual."""
-        return x if memory is None else memory.add(self.bucket, x, start)
+        return x if memory is None else memory.add(self.layout, x, start)
 
     def target(
         self, group: Group, memory: ResidualMemory | None, x: torch.Tensor, start: int
@@ -111,7 +111,7 @@ class Job:
         """Store in ``memory`` what encoding ``target`` into ``payloads`` lost."""
         if memory is not None:
             sent = torch.cat([self.quantizer.decode(p).reshape(-1).float() for p in payloads])
-            memory.store(self.bucket, target.float() - sent, start)
+            memory.store(self.layout, target.float() - sent, start)
 
 
 def shared_scale(job: Job, group: Group, x: torch.Tensor) -> torch.Tensor | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,13 +14,13 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from lightning_quant.collectives import AUTO, choose_collective
-from lightning_quant.hooks.feedback import ResidualMemory
+from lightning_quant.hooks.feedback import Layout, ResidualMemory
 from lightning_quant.hooks.groups import Group, mesh_groups, node_mesh, world_group
 from lightning_quant.hooks.pipeline import Pipeline
 from lightning_quant.hooks.stats import StepStats
 from lightning_quant.quantizers import Quantizer, get_quantizer
 
-__all__ = ["DEFAULT_MIN_COMPRESS_NUMEL", "QuantizedCommState", "use_hierarchy"]
+__all__ = ["DEFAULT_MIN_COMPRESS_NUMEL", "BucketPlan", "QuantizedCommState", "use_hierarchy"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,13 @@ class QuantizedCommState:
         quantizer: a :class:`Quantizer` or a registry name (then ``**quantizer_config``).
         process_group: the group to reduce over (default: the whole world).
         error_feedback: add each bucket's previous quantization error before encoding.
-        min_compress_numel: buckets with fewer elements go as a plain fp32 allreduce.
+        min_compress_numel: parameters with fewer elements go uncompressed (one fp32
+            all-reduce per bucket of what it holds of them), as PyTorch's PowerSGD and
+            CGX keep small layers at full precision.
+        compress_1d: also quantize 1-D parameters (biases, norms' scales); by default they
+            go uncompressed.
+        start_step: the first optimizer steps go uncompressed (a warm-up, as PowerSGD's
+            ``start_powerSGD_iter`` and DeepSpeed's ``freeze_step``).
         seed: base seed; rank ``r`` draws from its own stream seeded ``seed + r``.
         collective: ``"auto"``, or one the scheme declares (``"allgather"``,
             ``"reduce_scatter"``, ``"allreduce"``); see
@@ -57,6 +65,8 @@ class QuantizedCommState:
         min_compress_numel: int = DEFAULT_MIN_COMPRESS_NUMEL,
         seed: int = 0,
         collective: str = AUTO,
+        compress_1d: bool = False,
+        start_step: int = 0,
         ranks_per_node: int = 1,
         hierarchical: bool | str = False,
         mesh: DeviceMesh | None = None,
@@ -70,11 +80,15 @@ class QuantizedCommState:
             raise ValueError("pass settings either in the Quantizer instance or as keywords")
         if min_compress_numel < 0:
             raise ValueError(f"min_compress_numel must be >= 0, got {min_compress_numel}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
         if ranks_per_node < 1:
             raise ValueError(f"ranks_per_node must be >= 1, got {ranks_per_node}")
         self.quantizer = quantizer
         self.error_feedback = error_feedback and quantizer.lossy
         self.min_compress_numel = min_compress_numel
+        self.compress_1d = compress_1d
+        self.start_step = start_step
         self.seed = seed
         if not intra_dtype.is_floating_point:
             raise ValueError(f"intra_dtype must be a float dtype, got {intra_dtype}")
@@ -103,8 +117,9 @@ class QuantizedCommState:
         self.policy = quantizer.make_policy()
         self.powersgd: Any = None  # PowerSGDState when running PyTorch's PowerSGD as a peer
         self._param_names: dict[int, str] = {}
-        self.worker_residuals = ResidualMemory(self._param_names)  # what this rank's encoding lost
-        self.owner_residuals = ResidualMemory(self._param_names)  # re-encoding of owned shards
+        self._plans: dict[int, BucketPlan] = {}  # by bucket index
+        self.worker_residuals = ResidualMemory()  # what this rank's encoding lost
+        self.owner_residuals = ResidualMemory()  # what re-encoding its owned shards lost
         self._generators: dict[torch.device, torch.Generator] = {}
         self.pipeline = Pipeline()  # buckets whose later stages wait for a hook body
         # statistics
@@ -140,6 +155,24 @@ class QuantizedCommState:
             gen.manual_seed(self.seed + self.rank)
             self._generators[device] = gen
         return self._generators[device]
+
+    def plan(self, bucket: dist.GradBucket) -> BucketPlan:
+        """Say which of the bucket's elements go compressed (cached per bucket layout)."""
+        params = bucket.parameters()
+        ids = tuple(id(p) for p in params)
+        cached = self._plans.get(bucket.index())
+        if cached is None or cached.ids != ids:
+            cached = BucketPlan.of(bucket.index(), params, self._param_names, self._compresses)
+            self._plans[bucket.index()] = cached
+        return cached
+
+    def _compresses(self, param: torch.Tensor) -> bool:
+        return param.numel() >= self.min_compress_numel and (param.dim() > 1 or self.compress_1d)
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether this step goes uncompressed (before ``start_step``)."""
+        return self.step < self.start_step
 
     # --- per-step bookkeeping --------------------------------------------------------------
 
@@ -223,3 +256,55 @@ def use_hierarchy(hierarchical: bool | str, world_size: int, ranks_per_node: int
     if hierarchical == AUTO:
         return fits and ranks_per_node > 1 and world_size // ranks_per_node > 1
     return bool(hierarchical)
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    """Which elements of a DDP bucket go compressed, by parameter.
+
+    Attributes:
+        ids: ``id`` of each parameter, in bucket order (to notice a new layout).
+        runs: ``(start, end, compressed)`` runs of consecutive elements.
+        compressed: the layout of the compressed parameters, packed one after the other.
+        plain: the layout of the rest.
+    """
+
+    ids: tuple[int, ...]
+    runs: tuple[tuple[int, int, bool], ...]
+    compressed: Layout
+    plain: Layout
+
+    @classmethod
+    def of(
+        cls,
+        index: int,
+        params: list[torch.Tensor],
+        names: dict[int, str],
+        compresses: Callable[[torch.Tensor], bool],
+    ) -> BucketPlan:
+        runs: list[tuple[int, int, bool]] = []
+        groups: dict[bool, list[tuple[str, int]]] = {True: [], False: []}
+        offset = 0
+        for param in params:
+            kind = compresses(param)
+            groups[kind].append((names.get(id(param), f"param@{id(param)}"), param.numel()))
+            end = offset + param.numel()
+            if runs and runs[-1][2] == kind:
+                runs[-1] = (runs[-1][0], end, kind)
+            else:
+                runs.append((offset, end, kind))
+            offset = end
+
+        def layout(kind: bool) -> Layout:
+            keys, sizes = zip(*groups[kind], strict=True) if groups[kind] else ((), ())
+            return Layout(index, tuple(keys), tuple(sizes))
+
+        return cls(tuple(id(p) for p in params), tuple(runs), layout(True), layout(False))
+
+    @property
+    def mixed(self) -> bool:
+        return len({kind for _, _, kind in self.runs}) > 1
+
+    @property
+    def compresses_any(self) -> bool:
+        return any(kind for _, _, kind in self.runs)

@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 
 from lightning_quant.collectives import fp32_allreduce_bytes
 
-__all__ = ["STEP_METRICS", "StepStats"]
+__all__ = ["METRIC_PREFIX", "STEP_METRICS", "StepStats"]
+
+METRIC_PREFIX = "comm/"  # loggers receive the step figures as comm/<name>
 
 # What every optimizer step reports, by name (``StepStats.as_dict``'s keys but "step").
 STEP_METRICS = (
     "buckets",
     "raw_bytes",
+    "uncompressed_bytes",
     "payload_bytes",
     "sent_bytes",
     "inter_node_bytes",
@@ -26,6 +29,7 @@ STEP_METRICS = (
     "encode_s",
     "communicate_s",
     "decode_s",
+    "step_s",
     "bits",
 )
 
@@ -35,7 +39,9 @@ class StepStats:
     """Communication figures of one optimizer step, on this rank.
 
     Attributes:
-        raw_bytes: the gradient's bytes (the buckets as DDP hands them over).
+        raw_bytes: the gradient's bytes (the buckets as DDP hands them over);
+            ``uncompressed_bytes`` of them went at full precision (small and 1-D
+            tensors, warm-up steps), the rest compressed.
         payload_bytes: bytes this rank handed to collectives (its encoded payloads).
         sent_bytes: bytes this rank transmitted, from the algorithms of the collectives it
             launched (:mod:`lightning_quant.collectives`); ``inter_node_bytes`` of them
@@ -46,6 +52,7 @@ class StepStats:
     step: int = 0
     buckets: int = 0
     raw_bytes: int = 0
+    uncompressed_bytes: int = 0  # of raw_bytes, what went at full precision
     payload_bytes: int = 0
     sent_bytes: int = 0
     inter_node_bytes: int = 0
@@ -54,6 +61,7 @@ class StepStats:
     encode_s: float = 0.0
     communicate_s: float = 0.0
     decode_s: float = 0.0
+    step_s: float = 0.0  # the whole optimizer step, timed by the strategy (0 in plain DDP)
     bits: int = 0
     world_size: int = 1
     # squared norms of the aggregated buckets, by bucket index (identical on every rank)

@@ -96,7 +96,7 @@ class DQSGDPolicy:
         self.config = config
         self.step = 0
         self.bits = config.bits
-        self.history: list[int] = []
+        self.widths: dict[int, int] = {}  # steps taken at each width (bounded, unlike a log)
 
     def levels_for(self, grad_norm: float, step: int) -> float:
         """Return the rule's (real-valued) level count ``s_t`` at ``step``."""
@@ -120,17 +120,17 @@ class DQSGDPolicy:
         """
         if grad_norm is not None:
             self.bits = self.bits_for(float(grad_norm), self.step)
-        self.history.append(self.bits)
+        self.widths[self.bits] = self.widths.get(self.bits, 0) + 1
         self.step += 1
         return self.bits
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "bits": self.bits, "history": list(self.history)}
+        return {"step": self.step, "bits": self.bits, "widths": dict(self.widths)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.bits = int(state["bits"])
-        self.history = [int(b) for b in state.get("history", [])]
+        self.widths = {int(b): int(n) for b, n in state.get("widths", {}).items()}
 
 
 @register_quantizer("dqsgd")

@@ -33,12 +33,15 @@ def _train(config: dict, many_buckets: bool, steps: int, device: str = "cpu") ->
     ddp = _ddp(_mlp(), many_buckets, device)
     state, hook = make_comm_hook(**config)
     state.bind(ddp)
-    numels: list[list[int]] = []
+    numels: list[list[int]] = []  # per step, each bucket's elements
+    shapes: list[list[list[tuple[int, int]]]] = []  # per step and bucket, (numel, dim) each
 
     def recording_hook(s, bucket):
         if bucket.index() == 0:
             numels.append([])
+            shapes.append([])
         numels[-1].append(bucket.buffer().numel())
+        shapes[-1].append([(p.numel(), p.dim()) for p in bucket.parameters()])
         return hook(s, bucket)
 
     ddp.register_comm_hook(state, recording_hook)
@@ -55,7 +58,13 @@ def _train(config: dict, many_buckets: bool, steps: int, device: str = "cpu") ->
     params = [p.detach().cpu().clone() for p in ddp.parameters()]
     del ddp, opt
     gc.collect()
-    return {"params": params, "stats": stats, "numels": numels, "collective": state.collective}
+    return {
+        "params": params,
+        "stats": stats,
+        "numels": numels,
+        "shapes": shapes,
+        "collective": state.collective,
+    }
 
 
 def train_plain_ddp(
@@ -129,7 +138,12 @@ def two_stage_variance(scheme: str, draws: int, bits: int, single: str) -> dict:
     for collective in (single, "reduce_scatter"):
         ddp = _ddp(_mlp(), many_buckets=True)
         state, hook = make_comm_hook(
-            scheme, bits=bits, collective=collective, min_compress_numel=0, seed=11
+            scheme,
+            bits=bits,
+            collective=collective,
+            min_compress_numel=0,
+            compress_1d=True,
+            seed=11,
         )
         ddp.register_comm_hook(state.bind(ddp), hook)
         samples[collective] = torch.stack([gradient(ddp) for _ in range(draws)])
@@ -153,7 +167,12 @@ def error_feedback_ledger(scheme: str, bits: int, steps: int, **settings) -> dic
     ddp = _ddp(model, many_buckets=True)
     settings = {"collective": "reduce_scatter", **settings}
     state, hook = make_comm_hook(
-        scheme, bits=bits, error_feedback=True, min_compress_numel=0, **settings
+        scheme,
+        bits=bits,
+        error_feedback=True,
+        min_compress_numel=0,
+        compress_1d=True,
+        **settings,
     )
     ddp.register_comm_hook(state.bind(ddp), hook)
 

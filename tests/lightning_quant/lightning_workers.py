@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from benchmarks.tasks import TASKS
 from lightning_quant import QuantizedDDPStrategy
+from lightning_quant.runstore import RunStoreLogger
 from tests.lightning_quant.ddp_workers import _shutdown
 
 
@@ -28,6 +29,7 @@ def fit_digits(
     resume_from: str | None = None,
     strategy_name: str | None = None,
     report_to: str | None = None,
+    store_logger: bool = True,
     step_sleep: float = 0.0,
     spool_dir: str | None = None,
     quantizer_config: dict | None = None,
@@ -48,18 +50,18 @@ def fit_digits(
             seed=seed,
             error_feedback=error_feedback,
             min_compress_numel=0,
+            compress_1d=True,
             bucket_cap_mb=1e-4 if many_buckets else 25,
             process_group_backend="gloo",
-            report_to=report_to,
+            report_to=None if store_logger else report_to,
             quantizer_config=quantizer_config,
             static_graph=static_graph,
         )
     callbacks: list = [_Sleep(step_sleep)] if step_sleep else []
-    if report_to:
-        from lightning_quant.reporting import RunReporter
-
-        callbacks.append(
-            RunReporter(
+    loggers: list = [CSVLogger(Path.cwd() / "logs", name=scheme)]
+    if report_to and store_logger:  # else the strategy adds one with its defaults
+        loggers.append(
+            RunStoreLogger(
                 report_to,
                 name=f"test-{scheme}",
                 tags=["test"],
@@ -77,7 +79,8 @@ def fit_digits(
         max_epochs=epochs,
         precision=precision,
         accumulate_grad_batches=accumulate,
-        logger=CSVLogger(Path.cwd() / "logs", name=scheme),
+        logger=loggers,
+        log_every_n_steps=1,
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -88,12 +91,12 @@ def fit_digits(
     tested = trainer.test(model, test, verbose=False)[0]
     used = trainer.strategy
     state = used.comm_state
-    reporters = [cb for cb in trainer.callbacks if type(cb).__name__ == "RunReporter"]
+    stores = [lg for lg in trainer.loggers if isinstance(lg, RunStoreLogger)]
     result = {
-        "spooled": reporters[0].spooled if reporters else 0,
+        "spooled": stores[0].client.spooled if stores and trainer.is_global_zero else 0,
         "params": [p.detach().clone() for p in model.parameters()],
         "stats": list(used.stats_history),
-        "bits_history": list(state.policy.history) if state.policy else [],
+        "policy": state.policy.state_dict() if state.policy else None,
         "test_acc": tested["test_acc"],
         "global_step": trainer.global_step,
         "log_dir": trainer.logger.log_dir if trainer.is_global_zero else None,

@@ -24,10 +24,30 @@ def test_hook_on_cuda_with_nccl(scheme: str, tmp_path) -> None:
         many_buckets=True,
         device="cuda",
         min_compress_numel=0,
+        compress_1d=True,
         **settings,
     )
     last = result["stats"][-1]
     assert last["buckets"] > 0 and last["raw_bytes"] / last["payload_bytes"] > 1.9
+    assert all(torch.isfinite(p).all() for p in result["params"])
+
+
+@pytest.mark.parametrize("settings", [{"hierarchical": True}, {"collective": "reduce_scatter"}])
+def test_two_stage_and_hierarchical_paths_on_cuda_with_nccl(settings: dict, tmp_path) -> None:
+    # one GPU, one rank: NCCL runs the all-to-all, all-gather and the DeviceMesh groups
+    [result] = run_ranks(
+        "tests.lightning_quant.ddp_workers:train_plain_ddp",
+        1,
+        tmp_path,
+        scheme="qsgd",
+        bits=4,
+        many_buckets=True,
+        device="cuda",
+        min_compress_numel=0,
+        compress_1d=True,
+        **settings,
+    )
+    assert result["stats"][-1]["collectives"] >= 2 * result["stats"][-1]["buckets"]
     assert all(torch.isfinite(p).all() for p in result["params"])
 
 

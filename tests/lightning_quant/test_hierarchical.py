@@ -53,7 +53,14 @@ CONFIGS = [
 @pytest.mark.parametrize(("nodes", "local"), [(2, 2), (3, 2)])
 def test_replicas_stay_bit_identical_and_count_intra_and_inter_bytes(nodes, local, tmp_path):
     configs = [
-        {**c, "hierarchical": True, "ranks_per_node": local, "min_compress_numel": 0, "seed": 2}
+        {
+            **c,
+            "hierarchical": True,
+            "ranks_per_node": local,
+            "min_compress_numel": 0,
+            "compress_1d": True,
+            "seed": 2,
+        }  # fmt: skip
         for c in CONFIGS
     ]
     results = run_ranks(f"{WORKERS}:train_each", nodes * local, tmp_path, configs=configs)
@@ -84,6 +91,7 @@ def test_hierarchical_aggregate_is_unbiased_on_two_nodes_of_two(tmp_path):
         many_buckets=True,
         bits=2,
         min_compress_numel=0,
+        compress_1d=True,
         hierarchical=True,
         ranks_per_node=2,
     )

@@ -20,19 +20,28 @@ def ring(nbytes: int, n: int) -> int:
     return round(2 * (n - 1) / n * nbytes)
 
 
-def expected_bytes(scheme: str, numel: int, min_numel: int, bits: int, n: int) -> tuple[int, int]:
-    """Return (payload bytes, sent bytes) of one bucket on a single-stage path."""
-    if numel < min_numel:
-        return 4 * numel, ring(4 * numel, n)
+def expected_bytes(
+    scheme: str, shapes: list[tuple[int, int]], min_numel: int, bits: int, n: int
+) -> tuple[int, int, int]:
+    """Return (payload, sent, uncompressed) bytes of one bucket on a single-stage path.
+
+    Parameters under ``min_numel`` elements and 1-D ones go as one fp32 all-reduce; the
+    rest, packed one after the other, through the scheme.
+    """
+    plain = sum(k for k, dim in shapes if k < min_numel or dim == 1)
+    packed = sum(k for k, _ in shapes) - plain
+    payload, sent = (4 * plain, ring(4 * plain, n)) if plain else (0, 0)
+    if not packed:
+        return payload, sent, 4 * plain
     if scheme in ("fp16", "bf16", "fp32"):
-        size = get_quantizer(scheme).wire_nbytes(numel)
-        return size, ring(size, n)
+        size = get_quantizer(scheme).wire_nbytes(packed)
+        return payload + size, sent + ring(size, n), 4 * plain
     q = get_quantizer(scheme, bits=bits)
     if scheme == "global_qsgd":  # the shared scale, then the lanes
-        lanes = q.wire_nbytes(numel) - 4
-        return 4 + lanes, ring(4, n) + ring(lanes, n)
-    payload = q.wire_nbytes(numel, bits=bits)
-    return payload, (n - 1) * payload
+        lanes = q.wire_nbytes(packed) - 4
+        return payload + 4 + lanes, sent + ring(4, n) + ring(lanes, n), 4 * plain
+    size = q.wire_nbytes(packed, bits=bits)
+    return payload + size, sent + (n - 1) * size, 4 * plain
 
 
 @pytest.mark.parametrize(
@@ -66,10 +75,11 @@ def test_training_keeps_ranks_identical_and_counts_real_bytes(
     if many_buckets:
         assert max(len(step) for step in first["numels"]) >= 3
     n = world_size
-    for stats, numels in zip(first["stats"], first["numels"], strict=True):
-        sizes = [expected_bytes(scheme, k, 64, stats["bits"] or bits, n) for k in numels]
-        assert stats["payload_bytes"] == sum(payload for payload, _ in sizes)
-        assert stats["sent_bytes"] == sum(sent for _, sent in sizes)
+    for stats, numels, shapes in zip(first["stats"], first["numels"], first["shapes"], strict=True):
+        sizes = [expected_bytes(scheme, s, 64, stats["bits"] or bits, n) for s in shapes]
+        assert stats["payload_bytes"] == sum(payload for payload, _, _ in sizes)
+        assert stats["sent_bytes"] == sum(sent for _, sent, _ in sizes)
+        assert stats["uncompressed_bytes"] == sum(plain for _, _, plain in sizes) > 0
         assert stats["inter_node_bytes"] == stats["sent_bytes"]  # one rank per node
         assert stats["raw_bytes"] == 4 * sum(numels)
         assert stats["buckets"] == len(numels)
@@ -101,6 +111,7 @@ def test_aggregated_gradient_is_unbiased(scheme, world_size, many_buckets, tmp_p
         many_buckets=many_buckets,
         bits=bits,
         min_compress_numel=0,
+        compress_1d=True,
     )
     exact, samples = results[0]["exact"].double(), results[0]["samples"].double()
     assert torch.equal(results[0]["samples"], results[-1]["samples"])  # all ranks agree
@@ -120,6 +131,7 @@ def test_error_feedback_trains_identically_across_ranks(tmp_path) -> None:
         bits=2,
         error_feedback=True,
         min_compress_numel=0,
+        compress_1d=True,
     )
     for a, b in zip(results[0]["params"], results[2]["params"], strict=True):
         assert torch.equal(a, b)
@@ -169,16 +181,22 @@ class FakeBucket:
 def test_comm_state_round_trips_and_residuals_survive_a_new_bucket_layout() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     params = list(model.parameters())
-    state = QuantizedCommState("dqsgd", error_feedback=True, seed=3).bind(model)
+    every = {"min_compress_numel": 0, "compress_1d": True}  # every parameter compressed
+
+    def layout(state: QuantizedCommState, bucket: FakeBucket):
+        return state.plan(bucket).compressed  # the parameters by name, in bucket order
+
+    state = QuantizedCommState("dqsgd", error_feedback=True, seed=3, **every).bind(model)
     state.policy.choose(None)
     state.policy.choose(2.5)
     state.generator(torch.device("cpu")).manual_seed(99)
     one_bucket = FakeBucket(0, params)
     flat = torch.cat([p.detach().reshape(-1) for p in params])
-    state.worker_residuals.store(one_bucket, flat)  # residual = flat
+    assert layout(state, one_bucket).keys == ("0.weight", "0.bias", "1.weight", "1.bias")
+    state.worker_residuals.store(layout(state, one_bucket), flat)  # residual = flat
     saved = state.state_dict()
 
-    restored = QuantizedCommState("dqsgd", error_feedback=True, seed=3).bind(model)
+    restored = QuantizedCommState("dqsgd", error_feedback=True, seed=3, **every).bind(model)
     restored.load_state_dict(saved)
     assert restored.policy.state_dict() == state.policy.state_dict()
     assert torch.equal(
@@ -191,8 +209,7 @@ def test_comm_state_round_trips_and_residuals_survive_a_new_bucket_layout() -> N
     zeros_b = torch.zeros(sum(p.numel() for p in params[:2]))
     expected_a = torch.cat([p.detach().reshape(-1) for p in params[2:]])
     expected_b = torch.cat([p.detach().reshape(-1) for p in params[:2]])
-    assert torch.equal(restored.worker_residuals.add(second, zeros_a), expected_a)
-    assert torch.equal(restored.worker_residuals.add(first, zeros_b), expected_b)
-    # the same rebuild in a live run, with no checkpoint in between, loses nothing either
-    assert torch.equal(state.worker_residuals.add(second, zeros_a), expected_a)
-    assert torch.equal(state.worker_residuals.add(first, zeros_b), expected_b)
+    for memory, owner in ((restored.worker_residuals, restored), (state.worker_residuals, state)):
+        # restored from a checkpoint, and in a live run with no checkpoint in between
+        assert torch.equal(memory.add(layout(owner, second), zeros_a), expected_a)
+        assert torch.equal(memory.add(layout(owner, first), zeros_b), expected_b)

@@ -110,7 +110,8 @@ def expected_rs_bytes(config: dict, numel: int, bits: int, n: int) -> tuple[int,
 
 @pytest.mark.parametrize("world_size", [3, 4, 5])
 def test_replicas_stay_bit_identical_on_many_small_buckets(world_size, tmp_path):
-    configs = [{**c, "collective": RS, "min_compress_numel": 0, "seed": 1} for c in CONFIGS]
+    every = {"min_compress_numel": 0, "compress_1d": True}  # every parameter quantized
+    configs = [{**c, "collective": RS, **every, "seed": 1} for c in CONFIGS]
     results = run_ranks(f"{WORKERS}:train_each", world_size, tmp_path, configs=configs)
     for index, config in enumerate(CONFIGS):
         first = results[0][index]

@@ -98,14 +98,18 @@ def test_checkpoint_resume_continues_the_same_schedule(tmp_path) -> None:
     assert len(saved["ranks"]) == 2 and saved["ranks"][0]["residuals"]
     streams = [rank["generators"]["cpu"] for rank in saved["ranks"]]
     assert not torch.equal(streams[0], streams[1])  # each rank its own random stream
-    assert saved["ranks"][0]["policy"]["history"] == first[0]["bits_history"]
+    assert saved["ranks"][0]["policy"] == first[0]["policy"]
+    assert sum(first[0]["policy"]["widths"].values()) == first[0]["policy"]["step"] == 46
     resumed = run_ranks(
         FIT, 2, tmp_path / "second", epochs=4, resume_from=str(ckpt / "last.ckpt"), **common
     )
-    # The schedule goes on where it stopped: identical history up to the checkpoint.
-    assert resumed[0]["bits_history"][:46] == straight[0]["bits_history"][:46]
-    assert len(resumed[0]["bits_history"]) == len(straight[0]["bits_history"]) == 92
-    assert len(set(straight[0]["bits_history"])) > 1  # the schedule really moved
+    # The schedule goes on where it stopped: the first resumed step takes the width the
+    # uninterrupted run took there, from the restored norm, and the plan ends at step 92.
+    widths = [s["bits"] for s in straight[0]["stats"]]
+    assert resumed[0]["stats"][0]["bits"] == widths[46]
+    assert resumed[0]["policy"]["step"] == straight[0]["policy"]["step"] == 92
+    assert sum(resumed[0]["policy"]["widths"].values()) == 92
+    assert len(set(widths)) > 1  # the schedule really moved
     # DDP lays a fresh model out in one bucket before rebuilding its buckets, so the
     # first resumed step is quantized on another grid: close, not bit-identical.
     for a, b in zip(resumed[0]["params"], straight[0]["params"], strict=True):

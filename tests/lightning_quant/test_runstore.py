@@ -1,13 +1,17 @@
-"""The reporter against a real uvicorn server and a real SQLite file."""
+"""The road to the run store: the logger and its client against a real uvicorn and SQLite."""
 
+import ast
+import dataclasses
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from lightning_quant.reporting import ReportClient, replay_spool
+import lightning_quant
+from lightning_quant.runstore import MetricPoint, RunRecord, StoreClient, replay_spool
 from tests.utils.api_server import free_port, start_api_server
 from tests.utils.ranks import run_ranks
 
@@ -22,19 +26,29 @@ def rows(db, sql, *args):
 
 
 def test_training_run_is_recorded_with_its_configuration(api_server, tmp_path) -> None:
-    results = run_ranks(FIT, 2, tmp_path, scheme="nuqsgd", epochs=1, report_to=api_server.base_url)
+    # report_to= on the strategy: it adds the RunStoreLogger itself
+    results = run_ranks(
+        FIT, 2, tmp_path, scheme="nuqsgd", epochs=1, report_to=api_server.base_url,
+        store_logger=False,
+    )  # fmt: skip
+    stats = results[0]["stats"]
     with api_server.client() as http:
         runs = http.get("/runs").json()
         assert runs["count"] == 1  # rank zero only
         run = runs["data"][0]
         assert run["status"] == "finished" and run["scheme"] == "nuqsgd" and run["bits"] == 4
         assert run["world_size"] == 2 and run["num_nodes"] == 2 and run["backend"] == "gloo"
+        assert run["collective"] == "allgather" and run["topology"] == "2x1"
         assert run["param_count"] > 10_000 and run["quantizer_config"]["name"] == "nuqsgd"
+        assert run["model_name"] == "Classifier" and run["versions"]["torch"]
+        assert run["hyperparameters"]["lr"] == 0.05  # the module's, from Lightning
         assert run["final_accuracy"] == pytest.approx(results[0]["test_acc"])
-        assert run["total_sent_bytes"] == sum(s["sent_bytes"] for s in results[0]["stats"])
-        assert run["collective"] == "allgather"  # auto at 2 ranks
-        metrics = http.get(f"/runs/{run['id']}/metrics", params={"names": "sent_bytes"}).json()
-    assert [m["value"] for m in metrics["data"]] == [s["sent_bytes"] for s in results[0]["stats"]]
+        assert run["total_sent_bytes"] == sum(s["sent_bytes"] for s in stats)
+        assert run["mean_step_s"] == pytest.approx(sum(s["step_s"] for s in stats) / len(stats))
+        assert run["run_key"] and run["summary"]["steps"] == len(stats)
+        names = {"names": "comm/sent_bytes"}
+        metrics = http.get(f"/runs/{run['id']}/metrics", params=names).json()
+    assert [m["value"] for m in metrics["data"]] == [s["sent_bytes"] for s in stats]
 
 
 def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
@@ -70,30 +84,27 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
         steps = len(result["stats"])
         [(run_id, status)] = rows(server.database_path, "select id, status from run")
         assert status == "finished"
-        for name in ("loss", "sent_bytes", "encode_s"):
+        for name in ("train_loss", "comm/sent_bytes", "comm/encode_s"):
             stored = rows(
                 server.database_path,
                 "select step from metric where run_id=? and name=? order by step",
                 run_id,
                 name,
             )
-            assert [s for (s,) in stored] == list(range(1, steps + 1)), name  # once each
+            assert [s for (s,) in stored] == list(range(steps)), name  # once each
     finally:
         server.stop()
 
 
-def test_eight_reporters_at_once_store_exact_counts(api_server, tmp_path) -> None:
+def test_eight_clients_at_once_store_exact_counts(api_server, tmp_path) -> None:
     steps, names = 2000, ("loss", "sent_bytes", "encode_s", "communicate_s", "decode_s")
 
     def report(i: int) -> None:
-        client = ReportClient(
-            api_server.base_url,
-            {"name": f"r{i}", "scheme": "qsgd"},
-            spool_dir=tmp_path / f"spool{i}",
-        )
+        client = StoreClient(api_server.base_url, spool_dir=tmp_path / f"spool{i}")
+        key = client.create(RunRecord(name=f"r{i}", scheme="qsgd"))
         for step in range(steps):
-            client.log_metrics(step, dict.fromkeys(names, step * 0.5 + i))
-        client.finish({"status": "finished"})
+            client.log(key, [MetricPoint(step, dict.fromkeys(names, step * 0.5 + i))])
+        client.update(key, status="finished")
         assert client.close(timeout=120)
 
     threads = [threading.Thread(target=report, args=(i,)) for i in range(8)]
@@ -111,17 +122,13 @@ def test_eight_reporters_at_once_store_exact_counts(api_server, tmp_path) -> Non
 def test_api_down_never_blocks_and_replay_delivers_later(tmp_path) -> None:
     port = free_port()  # nothing listens here yet
     spool = tmp_path / "spool"
-    client = ReportClient(
-        f"http://127.0.0.1:{port}",
-        {"name": "offline", "scheme": "nuqsgd"},
-        spool_dir=spool,
-        timeout=0.5,
-    )
+    client = StoreClient(f"http://127.0.0.1:{port}", spool_dir=spool, timeout=0.5)
+    key = client.create(RunRecord(name="offline", scheme="nuqsgd"))
     start = time.perf_counter()
     for step in range(500):
-        client.log_metrics(step, {"loss": 1.0 / (step + 1)})
+        client.log(key, [MetricPoint(step, {"loss": 1.0 / (step + 1)})])
     assert time.perf_counter() - start < 0.5  # training never waits for the network
-    client.finish({"status": "finished", "final_loss": 0.002})
+    client.update(key, status="finished", final_loss=0.002)
     assert not client.close(timeout=10)  # undeliverable: kept on disk
     assert list(spool.glob("*.jsonl"))
     server = start_api_server(tmp_path / "server")
@@ -131,16 +138,55 @@ def test_api_down_never_blocks_and_replay_delivers_later(tmp_path) -> None:
         with server.client() as http:
             [run] = http.get("/runs").json()["data"]
             assert run["status"] == "finished" and run["final_loss"] == 0.002
+            assert run["run_key"] == key
             loss = http.get(f"/runs/{run['id']}/metrics", params={"names": "loss"}).json()
         assert loss["count"] == 500
     finally:
         server.stop()
 
 
+def test_a_run_key_is_created_once_however_often_it_is_sent(api_server, tmp_path) -> None:
+    record = RunRecord(name="twice", scheme="qsgd", run_key="sweep-7-run-3")
+    for _ in range(2):  # two clients, as a sweep's rank and the sweep itself
+        client = StoreClient(api_server.base_url, spool_dir=tmp_path)
+        assert client.create(record) == "sweep-7-run-3"
+        client.update("sweep-7-run-3", final_loss=0.5)
+        assert client.close(timeout=10)
+    with api_server.client() as http:
+        found = http.get("/runs", params={"run_key": "sweep-7-run-3"}).json()
+    assert found["count"] == 1 and found["data"][0]["final_loss"] == 0.5
+
+
 def test_refused_records_do_not_stall_the_rest(api_server, tmp_path) -> None:
-    client = ReportClient(
-        api_server.base_url, {"name": "x", "scheme": "qsgd", "bits": 999}, spool_dir=tmp_path
-    )
-    client.log_metrics(0, {"loss": 1.0})
+    client = StoreClient(api_server.base_url, spool_dir=tmp_path)
+    key = client.create(RunRecord(name="x", scheme="qsgd", bits=999))
+    client.log(key, [MetricPoint(0, {"loss": 1.0})])
     assert client.close(timeout=10)  # a 422 is logged, not retried forever
     assert httpx.get(api_server.api_url + "/runs", trust_env=False).json()["count"] == 0
+
+
+def test_the_records_are_exactly_the_apis_schemas() -> None:
+    from api.models import MetricCreate, RunCreate
+    from lightning_quant.runstore.records import RUN_FIELDS
+
+    assert set(RUN_FIELDS) == set(RunCreate.model_fields)
+    point = {f.name for f in dataclasses.fields(MetricPoint)}
+    assert point == set(MetricCreate.model_fields)
+    body = RunRecord(name="n", scheme="qsgd", tags=("a",), final_loss=float("nan")).to_json()
+    RunCreate.model_validate(body)  # what we send, the API takes
+    assert "final_loss" not in body and body["tags"] == ["a"]
+
+
+def test_the_library_never_imports_the_api_the_dashboard_or_the_benchmarks() -> None:
+    library = Path(lightning_quant.__file__).parent
+    for path in library.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in ("api", "dashboard", "benchmarks"), (path, name)
