@@ -42,6 +42,7 @@ __all__ = [
     "create_run",
     "delete_run",
     "get_run",
+    "get_run_by_key",
     "list_metric_names",
     "list_runs",
     "read_metrics",
@@ -87,6 +88,11 @@ def create_run(*, session: Session, run_in: RunCreate) -> Run:
     return db_run
 
 
+def get_run_by_key(*, session: Session, run_key: str) -> Run | None:
+    """Return the run stored under the idempotency key, or ``None``."""
+    return session.scalars(select(Run).where(col(Run.run_key) == run_key)).first()
+
+
 def get_run(*, session: Session, run_id: int) -> Run | None:
     """Return the run, or ``None``."""
     return session.get(Run, run_id)
@@ -98,12 +104,15 @@ def _run_conditions(filters: RunFilters) -> list[ColumnElement[bool]]:
         (Run.scheme, filters.scheme),
         (Run.bits, filters.bits),
         (Run.collective, filters.collective),
+        (Run.topology, filters.topology),
         (Run.status, [status.value for status in filters.status]),
         (Run.dataset, filters.dataset),
         (Run.model_name, filters.model),
     ):
         if values:
             conditions.append(col(column).in_(values))
+    if filters.run_key is not None:
+        conditions.append(col(Run.run_key) == filters.run_key)
     for tag in filters.tag:
         tagged = select(RunTag.run_id).where(col(RunTag.tag) == tag)
         conditions.append(col(Run.id).in_(tagged))

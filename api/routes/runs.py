@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from sqlalchemy.exc import IntegrityError
 
 from api import crud
 from api.core.db import SessionDep
@@ -37,11 +38,27 @@ CSV_COLUMNS = ["id", "created_at", "updated_at", *RunBase.model_fields]
     response_model=RunPublic,
     status_code=status.HTTP_201_CREATED,
     dependencies=[WriteAccess],
-    responses=WRITE_ERRORS,
+    responses={
+        **WRITE_ERRORS,
+        200: {"model": RunPublic, "description": "A run with this run_key is stored already"},
+    },
 )
-def create_run(*, session: SessionDep, run_in: RunCreate) -> Any:
-    """Create a run."""
-    return crud.create_run(session=session, run_in=run_in)
+def create_run(*, session: SessionDep, run_in: RunCreate, response: Response) -> Any:
+    """Create a run; with a run_key that is stored already, return that run (idempotent)."""
+    if run_in.run_key is not None:
+        stored = crud.get_run_by_key(session=session, run_key=run_in.run_key)
+        if stored is not None:
+            response.status_code = status.HTTP_200_OK
+            return stored
+    try:
+        return crud.create_run(session=session, run_in=run_in)
+    except IntegrityError:  # the same key posted twice at once: the other one won
+        session.rollback()
+        stored = crud.get_run_by_key(session=session, run_key=run_in.run_key or "")
+        if stored is None:
+            raise
+        response.status_code = status.HTTP_200_OK
+        return stored
 
 
 @router.get("", response_model=RunsPublic)
@@ -84,6 +101,8 @@ def compare_runs(
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as JSON writes them
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, list | dict):

@@ -26,7 +26,7 @@ def test_runs_csv_round_trips_every_field(client):
         for field, value in run.items():
             if value is None:
                 assert row[field] == "", field
-            elif isinstance(value, list | dict):
+            elif isinstance(value, list | dict | bool):
                 assert json.loads(row[field]) == value, field
             elif isinstance(value, bool | int | float):
                 assert type(value)(row[field]) == value, field

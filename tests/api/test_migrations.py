@@ -63,14 +63,18 @@ def test_upgrading_revision_by_revision_keeps_a_stored_run(tmp_path):
         for script in reversed(list(ScriptDirectory.from_config(alembic_config()).walk_revisions()))
     ]
     init_db(engine, revisions[0])
-    # a run and a metric written with the first schema's columns only
+    # a run and a metric written with the first schema's columns only; the first release
+    # kept a run's idempotency key as a tag, and its total_wire_bytes
     with sqlite3.connect(path) as connection:
         connection.execute(
             "INSERT INTO run (id, name, tags, status, created_at, updated_at, scheme, "
-            "strategy_config, quantizer_config, hyperparameters, versions, summary) VALUES "
-            "(7, 'old', '[\"x\"]', 'finished', '2024-01-01 00:00:00', '2024-01-01 00:00:00', "
-            "'qsgd', '{}', '{}', '{}', '{}', '{}')"
+            "strategy_config, quantizer_config, hyperparameters, versions, summary, "
+            "total_wire_bytes) VALUES "
+            "(7, 'old', '[\"x\", \"run-key:abc123\"]', 'finished', '2024-01-01 00:00:00', "
+            "'2024-01-01 00:00:00', 'qsgd', '{}', '{}', '{}', '{}', '{}', 640)"
         )
+        connection.execute("INSERT INTO run_tag (run_id, tag) VALUES (7, 'x')")
+        connection.execute("INSERT INTO run_tag (run_id, tag) VALUES (7, 'run-key:abc123')")
         connection.execute(
             "INSERT INTO metric (run_id, name, step, value) VALUES (7, 'loss', 0, 1.5)"
         )
@@ -81,6 +85,9 @@ def test_upgrading_revision_by_revision_keeps_a_stored_run(tmp_path):
         run = c.get(f"{API}/runs/7").json()
         assert (run["name"], run["scheme"], run["tags"]) == ("old", "qsgd", ["x"])
         assert run["created_at"] == "2024-01-01T00:00:00Z"
+        assert run["run_key"] == "abc123" and run["total_payload_bytes"] == 640
+        assert c.get(f"{API}/runs", params={"run_key": "abc123"}).json()["count"] == 1
+        assert c.get(f"{API}/runs", params={"tag": "run-key:abc123"}).json()["count"] == 0
         assert c.get(f"{API}/runs/7/metrics").json()["data"][0]["value"] == 1.5
 
 

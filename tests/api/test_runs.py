@@ -323,3 +323,15 @@ def test_compare_with_a_missing_run_is_404_naming_it(client, catalog):
 def test_every_sort_field_is_a_column(client, catalog):
     for field in RunSortField:
         assert _list(client, sort=field.value)["count"] == len(catalog)
+
+
+def test_a_run_key_makes_creation_idempotent_and_cannot_change(client):
+    body = run_payload("qsgd", run_key="rank0-abc")
+    first = client.post(f"{API}/runs", json=body)
+    again = client.post(f"{API}/runs", json={**body, "name": "another name"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()  # the stored run, unchanged
+    assert client.get(f"{API}/runs", params={"run_key": "rank0-abc"}).json()["count"] == 1
+    patched = client.patch(f"{API}/runs/{first.json()['id']}", json={"run_key": "other"})
+    assert patched.status_code == 422 and "run_key" in str(patched.json()["detail"])
+    assert client.post(f"{API}/runs", json=run_payload(run_key="a b")).status_code == 422
