@@ -3,13 +3,13 @@
 Starts ``uvicorn api.main:app`` (one worker) on loopback with a fresh SQLite file in a
 temporary directory, then:
 
-1. **Ingest**: posts metric batches to one run with httpx, as the training reporter does,
-   for each batch size; prints sustained values/s (one value = one (step, name) point)
-   and request latency. Bodies are JSON-encoded before the clock starts, so the figure
-   is the server's; the client runs in this process, on the same 2 cores.
-2. **Seed**: 1000 runs x 1000 steps x 6 metric names (6M points) *through the API*:
-   runs by ``POST /runs``, metrics by ``POST /runs/{id}/metrics`` in batches of
-   1000 steps x 6 names = 6000 values, from two client threads. This is also ingest,
+1. **Ingest**: logs metric points of one run through the library's own writer
+   (:class:`lightning_quant.runstore.StoreClient`, as the training logger does), posting
+   batches of each size; prints sustained values/s (one value = one (step, name) point),
+   from the first point queued to the last one stored. The client encodes and sends from
+   its background thread, in this process, on the same 2 cores as the server.
+2. **Seed**: 1000 runs x 1000 steps x 6 metric names (6M points) through two such
+   clients, in batches of 1000 steps x 6 names = 6000 values. This is also ingest,
    sustained, into a growing database; its rate is printed.
 3. **Queries**: p50/p95 latency over ``--requests`` requests each of
    ``GET /runs/compare`` (2-8 random runs), ``GET /runs/{id}/metrics`` (all 6 names,
@@ -28,7 +28,7 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import random
 import socket
@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from lightning_quant.runstore import MetricPoint, RunRecord, StoreClient, api_base
 
 __all__ = ["main", "running_server"]
 
@@ -64,8 +66,19 @@ def running_server(database: Path) -> Iterator[str]:
     env["LQ_DATABASE_URL"] = f"sqlite:///{database}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
         cwd=REPO_ROOT,
         env=env,
     )
@@ -88,51 +101,50 @@ def running_server(database: Path) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def run_body(scheme: str, index: int, rng: random.Random) -> dict[str, object]:
+def run_record(scheme: str, index: int, rng: random.Random) -> RunRecord:
     """A finished run of ``scheme`` with plausible summary figures."""
     bits = {"fp32": 32, "global_qsgd": 8}.get(scheme, rng.choice((2, 4, 8)))
     step_s = 0.05 + 0.2 * bits / 32 + 0.01 * rng.random()
     raw = 4 * 11_689_512 * 1000
-    return {
-        "name": f"bench-{scheme}-{bits}b-{index}",
-        "tags": ["bench", scheme],
-        "status": "finished",
-        "scheme": scheme,
-        "bits": bits,
-        "bucket_size": 512,
-        "world_size": rng.choice((2, 4, 8)),
-        "num_nodes": 1,
-        "backend": "gloo",
-        "device": "cpu",
-        "model_name": "resnet18",
-        "param_count": 11_689_512,
-        "dataset": rng.choice(("cifar10", "cifar100")),
-        "quantizer_config": {"bits": bits, "bucket_size": 512},
-        "hyperparameters": {"lr": 0.1, "batch_size": 128, "seed": index},
-        "final_loss": 0.2 + 0.3 / bits + 0.05 * rng.random(),
-        "final_accuracy": 0.9 - 0.2 / bits,
-        "total_raw_bytes": raw,
-        "total_sent_bytes": raw * bits // 32,
-        "mean_step_s": step_s,
-        "mean_encode_s": 0.004,
-        "mean_communicate_s": step_s - 0.058,
-        "mean_decode_s": 0.004,
-        "predicted_step_s": step_s * 0.95,
-    }
+    return RunRecord(
+        name=f"bench-{scheme}-{bits}b-{index}",
+        tags=("bench", scheme),
+        status="finished",
+        scheme=scheme,
+        bits=bits,
+        bucket_size=512,
+        world_size=rng.choice((2, 4, 8)),
+        num_nodes=1,
+        backend="gloo",
+        device="cpu",
+        model_name="resnet18",
+        param_count=11_689_512,
+        dataset=rng.choice(("cifar10", "cifar100")),
+        quantizer_config={"bits": bits, "bucket_size": 512},
+        hyperparameters={"lr": 0.1, "batch_size": 128, "seed": index},
+        final_loss=0.2 + 0.3 / bits + 0.05 * rng.random(),
+        final_accuracy=0.9 - 0.2 / bits,
+        total_raw_bytes=raw,
+        total_sent_bytes=raw * bits // 32,
+        mean_step_s=step_s,
+        mean_encode_s=0.004,
+        mean_communicate_s=step_s - 0.058,
+        mean_decode_s=0.004,
+        predicted_step_s=step_s * 0.95,
+    )
 
 
-def metric_body(first_step: int, steps: int, rng: random.Random) -> bytes:
-    """A JSON batch of ``steps`` steps with every name in ``NAMES``."""
-    points = [
-        {
-            "step": step,
-            "epoch": step // 100,
-            "wall_time": 1.7e9 + 0.1 * step,
-            "values": {name: rng.random() for name in NAMES},
-        }
+def metric_points(first_step: int, steps: int, rng: random.Random) -> list[MetricPoint]:
+    """``steps`` steps with every name in ``NAMES``."""
+    return [
+        MetricPoint(
+            step=step,
+            epoch=step // 100,
+            wall_time=1.7e9 + 0.1 * step,
+            values={name: rng.random() for name in NAMES},
+        )
         for step in range(first_step, first_step + steps)
     ]
-    return json.dumps({"points": points}).encode()
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -145,68 +157,67 @@ class IngestRow:
     label: str
     values: int
     seconds: float
-    latencies: list[float]
 
     @property
     def rate(self) -> float:
         return self.values / self.seconds
 
 
-def measure_ingest(client: httpx.Client, steps_per_batch: int, batches: int) -> IngestRow:
-    """Post ``batches`` batches of ``steps_per_batch`` steps to a new run."""
-    rng = random.Random(steps_per_batch)
-    body = run_body("qsgd", 0, rng) | {"status": "running", "tags": ["ingest"]}
-    run_id = client.post("/runs", json=body).json()["id"]
-    bodies = [metric_body(b * steps_per_batch, steps_per_batch, rng) for b in range(batches)]
-    headers = {"Content-Type": "application/json"}
-    client.post(f"/runs/{run_id}/metrics", content=bodies[0], headers=headers)  # warm up
-    latencies, inserted = [], 0
+def _deliver(
+    base_url: str, runs: list[tuple[RunRecord, list[list[MetricPoint]]]], spool: Path
+) -> float:
+    """Send runs (record, batches of points) through one StoreClient; return the seconds
+    from the first point queued to the last one stored."""
+    values = max(len(batch) * len(NAMES) for _, batches in runs for batch in batches)
+    client = StoreClient(base_url, spool_dir=spool, batch_values=values, timeout=60)
     start = time.perf_counter()
-    for body in bodies[1:]:
-        sent = time.perf_counter()
-        response = client.post(f"/runs/{run_id}/metrics", content=body, headers=headers)
-        latencies.append(time.perf_counter() - sent)
-        response.raise_for_status()
-        inserted += response.json()["inserted"]
-    seconds = time.perf_counter() - start
+    for record, batches in runs:
+        key = client.create(record)
+        for batch in batches:
+            client.log(key, batch)
+    if not client.close(timeout=3600):
+        raise RuntimeError(f"the store did not take every point; see {spool}")
+    return time.perf_counter() - start
+
+
+def measure_ingest(base_url: str, steps_per_batch: int, batches: int, spool: Path) -> IngestRow:
+    """Log ``batches`` batches of ``steps_per_batch`` steps to a new run."""
+    rng = random.Random(steps_per_batch)
+    record = dataclasses.replace(run_record("qsgd", 0, rng), status="running", tags=("ingest",))
+    points = [metric_points(b * steps_per_batch, steps_per_batch, rng) for b in range(batches)]
+    seconds = _deliver(base_url, [(record, points)], spool)
     values = steps_per_batch * len(NAMES)
-    return IngestRow(f"{steps_per_batch} steps x {len(NAMES)} = {values}", inserted, seconds,
-                     latencies)
+    return IngestRow(f"{steps_per_batch} steps x {len(NAMES)} = {values}", values * batches,
+                     seconds)  # fmt: skip
 
 
-def seed(base_url: str, runs: int, steps: int, threads: int = 2) -> IngestRow:
-    """Create ``runs`` runs with ``steps`` steps of every metric, through the API."""
+def seed(base_url: str, runs: int, steps: int, spool: Path, threads: int = 2) -> IngestRow:
+    """Create ``runs`` runs with ``steps`` steps of every metric, through ``threads``
+    clients at once."""
     per_batch = 1000  # steps per POST: 6000 values, under the 10,000-value cap
-    run_ids: list[int] = []
-    latencies: list[float] = []
-    lock = threading.Lock()
+    seconds: list[float] = []
 
     def work(worker: int) -> None:
         rng = random.Random(worker)
-        headers = {"Content-Type": "application/json"}
-        with httpx.Client(base_url=f"{base_url}/api/v1", timeout=60, trust_env=False) as client:
-            for index in range(worker, runs, threads):
-                scheme = SCHEMES[index % len(SCHEMES)]
-                run_id = client.post("/runs", json=run_body(scheme, index, rng)).json()["id"]
-                for first in range(0, steps, per_batch):
-                    body = metric_body(first, min(per_batch, steps - first), rng)
-                    sent = time.perf_counter()
-                    client.post(f"/runs/{run_id}/metrics", content=body,
-                                headers=headers).raise_for_status()
-                    with lock:
-                        latencies.append(time.perf_counter() - sent)
-                with lock:
-                    run_ids.append(run_id)
+        mine = [
+            (
+                run_record(SCHEMES[index % len(SCHEMES)], index, rng),
+                [
+                    metric_points(first, min(per_batch, steps - first), rng)
+                    for first in range(0, steps, per_batch)
+                ],
+            )  # fmt: skip
+            for index in range(worker, runs, threads)
+        ]
+        seconds.append(_deliver(base_url, mine, spool / str(worker)))
 
-    start = time.perf_counter()
     pool = [threading.Thread(target=work, args=(worker,)) for worker in range(threads)]
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    seconds = time.perf_counter() - start
-    return IngestRow(f"seed {runs} runs x {steps} steps x {len(NAMES)} names", runs * steps *
-                     len(NAMES), seconds, latencies)
+    return IngestRow(f"seed {runs} runs x {steps} steps x {len(NAMES)} names",
+                     runs * steps * len(NAMES), max(seconds))  # fmt: skip
 
 
 def time_requests(client: httpx.Client, make_url: Callable[[], str], count: int) -> list[float]:
@@ -240,30 +251,35 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="lq-bench-") as directory:
         database = Path(directory) / "bench.db"
         with running_server(database) as base_url:
-            api = f"{base_url}/api/v1"
-            with httpx.Client(base_url=api, timeout=60, trust_env=False) as client:
-                ingest = [measure_ingest(client, steps, batches)
-                          for steps, batches in ((10, 400), (100, 200), (1000, 40), (1600, 25))]
+            api = api_base(base_url)
+            spool = Path(directory) / "spool"
+            ingest = [
+                measure_ingest(base_url, steps, batches, spool)
+                for steps, batches in ((10, 400), (100, 200), (1000, 40), (1600, 25))
+            ]
 
-            print(f"Ingest: one client, pre-encoded batches, {len(NAMES)} names per step")
-            print(f"{'batch (values)':>26} {'points/s':>10} {'p50 ms':>8} {'p95 ms':>8}")
+            print(f"Ingest: one StoreClient, {len(NAMES)} names per step")
+            print(f"{'batch (values)':>26} {'points/s':>10}")
             for row in ingest:
-                print(f"{row.label:>26} {row.rate:10,.0f} {ms(statistics.median(row.latencies))}"
-                      f" {ms(percentile(row.latencies, 0.95))}")
+                print(f"{row.label:>26} {row.rate:10,.0f}")
 
-            seeded = seed(base_url, args.runs, args.steps)
+            seeded = seed(base_url, args.runs, args.steps, spool)
             size_mb = sum(p.stat().st_size for p in Path(directory).glob("bench.db*")) / 1e6
             print()
-            print(f"Seed through the API ({seeded.label}, 2 client threads):")
-            p50, p95 = statistics.median(seeded.latencies), percentile(seeded.latencies, 0.95)
-            print(f"  {seeded.values:,} points in {seeded.seconds:.1f} s = {seeded.rate:,.0f} "
-                  f"points/s; batch p50 {ms(p50).strip()} ms, p95 {ms(p95).strip()} ms; "
-                  f"database {size_mb:,.0f} MB")
+            print(f"Seed through the API ({seeded.label}, 2 StoreClients at once):")
+            print(
+                f"  {seeded.values:,} points in {seeded.seconds:.1f} s = {seeded.rate:,.0f} "
+                f"points/s; database {size_mb:,.0f} MB"
+            )
 
             with httpx.Client(base_url=api, timeout=60, trust_env=False) as client:
-                ids = [run["id"] for page in range(0, args.runs, 1000)
-                       for run in client.get("/runs", params={"offset": page, "limit": 1000,
-                                                              "tag": "bench"}).json()["data"]]
+                ids = [
+                    run["id"]
+                    for page in range(0, args.runs, 1000)
+                    for run in client.get(
+                        "/runs", params={"offset": page, "limit": 1000, "tag": "bench"}
+                    ).json()["data"]
+                ]
                 rng = random.Random(0)
 
                 def compare() -> str:
@@ -290,8 +306,10 @@ def main(argv: list[str] | None = None) -> None:
                     ("list runs: scheme, sort, 50", runs_page, False),
                 ]
                 print()
-                print(f"Queries with {len(ids)} runs x {args.steps} steps x {len(NAMES)} names "
-                      f"stored ({args.requests} requests each):")
+                print(
+                    f"Queries with {len(ids)} runs x {args.steps} steps x {len(NAMES)} names "
+                    f"stored ({args.requests} requests each):"
+                )
                 print(f"{'query':>36} {'p50 ms':>8} {'p95 ms':>8} {'goal':>6}")
                 for label, make_url, goal in queries:
                     latencies = time_requests(client, make_url, args.requests)
@@ -301,8 +319,10 @@ def main(argv: list[str] | None = None) -> None:
 
     best = max(row.rate for row in ingest)
     print()
-    print(f"Ingest goal {INGEST_GOAL:,} points/s: best batch {best:,.0f}, seeding "
-          f"{seeded.rate:,.0f} -> {'ok' if min(best, seeded.rate) >= INGEST_GOAL else 'MISS'}")
+    print(
+        f"Ingest goal {INGEST_GOAL:,} points/s: best batch {best:,.0f}, seeding "
+        f"{seeded.rate:,.0f} -> {'ok' if min(best, seeded.rate) >= INGEST_GOAL else 'MISS'}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,22 @@ import functools
 import itertools
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+
+from benchmarks.links import LINK_PRESETS, LinkPreset
+from benchmarks.namespaces import (
+    NetworkEmulationError,
+    delete_namespace,
+    list_namespaces,
+    missing_prerequisite,
+    pid_alive,
+    run,
+)
 
 __all__ = [
     "DEFAULT_MASTER_PORT",
@@ -66,66 +74,6 @@ SUBNET = "10.200.0.0/24"
 NETNS_PREFIX = "lqnet-"
 DEFAULT_MASTER_PORT = 29500
 _MAX_NODES = 253  # 10.200.0.1 .. 10.200.0.253
-_IP_TIMEOUT_S = 30.0
-
-
-class NetworkEmulationError(RuntimeError):
-    """The emulated network cannot be set up (no root, no iproute2, a command failed)."""
-
-
-@dataclass(frozen=True)
-class LinkPreset:
-    """One kind of link: how ``tbf`` shapes it and what the performance model assumes.
-
-    Attributes:
-        name: the preset's name, e.g. ``"100mbit"``.
-        shaped: whether a ``tbf`` qdisc is installed (``False``: a plain veth).
-        rate_bits_per_s: the link rate in bit/s. For a shaped link this is the ``tbf``
-            rate (``tc`` counts Ethernet frames, so TCP payload gets about 95.6% of it at
-            MTU 1500); for ``none`` it is a nominal figure for an unshaped veth on a
-            2-core machine, used only by the performance model.
-        latency_s: one-way cost of one message (propagation, stack, gloo), used only by
-            the performance model; ``tbf`` adds no delay of its own.
-        burst_bytes: ``tbf`` bucket size in bytes.
-        queue_latency_s: ``tbf`` ``latency``: the longest a packet may wait in the queue
-            (sets the queue length, not a delay).
-    """
-
-    name: str
-    shaped: bool
-    rate_bits_per_s: float
-    latency_s: float
-    burst_bytes: int = 0
-    queue_latency_s: float = 0.0
-
-    def tbf_args(self) -> list[str]:
-        """Return the ``tc qdisc add ... tbf`` arguments after ``tbf``."""
-        if not self.shaped:
-            raise ValueError(f"link {self.name!r} is not shaped; it has no tbf settings")
-        return [
-            "rate", f"{int(self.rate_bits_per_s)}bit",
-            "burst", str(self.burst_bytes),
-            "latency", f"{round(self.queue_latency_s * 1e6)}us",
-        ]  # fmt: skip
-
-
-# tbf: burst 128 KiB and a 100 ms queue, the settings calibrated in NETWORK-EMULATION.md.
-# Model figures, measured with gloo between namespaces on this project's 2-core machines:
-# latency_s: a 4-byte all_reduce took 120-190 us over 2 ring steps with 2 ranks and
-# 170-280 us over 4 steps with 3 ranks (a 1-byte all_gather: about 200 us a step), so
-# 100 us a message; rate for "none": a 10 MB all_reduce moved about 6 Gbit/s per rank
-# (raw TCP over the unshaped veth: 12-17 Gbit/s); there copies, not the wire, dominate.
-LINK_PRESETS: dict[str, LinkPreset] = {
-    "none": LinkPreset("none", shaped=False, rate_bits_per_s=6e9, latency_s=100e-6),
-    "1gbit": LinkPreset(
-        "1gbit", shaped=True, rate_bits_per_s=1e9, latency_s=100e-6,
-        burst_bytes=128 * 1024, queue_latency_s=0.1,
-    ),
-    "100mbit": LinkPreset(
-        "100mbit", shaped=True, rate_bits_per_s=100e6, latency_s=100e-6,
-        burst_bytes=128 * 1024, queue_latency_s=0.1,
-    ),
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -138,19 +86,6 @@ class Host:
     address: str
 
 
-def _missing_prerequisite() -> str | None:
-    """Return why network emulation cannot run here, or ``None`` when it can."""
-    if os.geteuid() != 0:
-        return "network emulation needs root (ip netns); run as root or use --link none"
-    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
-    if missing:
-        return (
-            f"network emulation needs {' and '.join(missing)} (apt-get install iproute2); "
-            "install it or use --link none"
-        )
-    return None
-
-
 @functools.cache
 def network_emulation_available() -> bool:
     """Return whether namespaces, veth pairs and ``tbf`` can be created here.
@@ -158,7 +93,7 @@ def network_emulation_available() -> bool:
     Checks root and iproute2, then builds and removes a shaped 2-rank network once
     (cached), so a container without the capabilities or kernel modules answers ``False``.
     """
-    if _missing_prerequisite() is not None:
+    if missing_prerequisite() is not None:
         return False
     try:
         with emulated_network(2, link="100mbit", install_signal_handlers=False):
@@ -166,48 +101,6 @@ def network_emulation_available() -> bool:
     except NetworkEmulationError as error:
         log.info("network emulation unavailable: %s", error)
         return False
-    return True
-
-
-def _run(argv: Sequence[str]) -> str:
-    """Run one iproute2 command; raise :class:`NetworkEmulationError` if it fails."""
-    try:
-        done = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=_IP_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise NetworkEmulationError(f"{' '.join(argv)}: {error}") from error
-    if done.returncode != 0:
-        raise NetworkEmulationError(
-            f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}"
-        )
-    return done.stdout
-
-
-def _list_namespaces() -> list[str]:
-    """Return the names of the named network namespaces (``ip netns list``)."""
-    out = _run(["ip", "netns", "list"])
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def _delete_namespace(name: str) -> bool:
-    """Delete one namespace (its interfaces go with it); return whether it existed."""
-    try:
-        _run(["ip", "netns", "delete", name])
-    except NetworkEmulationError as error:
-        if name in _list_namespaces():
-            log.warning("could not delete network namespace %s: %s", name, error)
-        return False
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -227,18 +120,18 @@ def cleanup_stale(prefix: str = NETNS_PREFIX, *, include_live: bool = False) -> 
     """
     if not prefix:
         raise ValueError("prefix must not be empty: it would match every namespace")
-    if _missing_prerequisite() is not None:
+    if missing_prerequisite() is not None:
         return []
     active = {ns for net in list(_ACTIVE) for ns in net.namespaces}
     deleted = []
-    for name in _list_namespaces():
+    for name in list_namespaces():
         if not name.startswith(prefix) or name in active:
             continue
         pid_text = name[len(prefix) :].split("-", 1)[0]
         pid = int(pid_text) if pid_text.isdigit() else None
-        if not include_live and pid is not None and pid != os.getpid() and _pid_alive(pid):
+        if not include_live and pid is not None and pid != os.getpid() and pid_alive(pid):
             continue
-        if _delete_namespace(name):
+        if delete_namespace(name):
             deleted.append(name)
     if deleted:
         log.info("removed stale network namespaces: %s", ", ".join(deleted))
@@ -389,7 +282,7 @@ class EmulatedNetwork:
     def __enter__(self) -> EmulatedNetwork:
         if self._entered:
             raise RuntimeError("an EmulatedNetwork can be entered only once")
-        reason = _missing_prerequisite()
+        reason = missing_prerequisite()
         if reason is not None:
             raise NetworkEmulationError(reason)
         self._entered = True
@@ -416,20 +309,20 @@ class EmulatedNetwork:
             return  # a forked child must not tear down its parent's network
         self._closed = True
         while self._created:
-            _delete_namespace(self._created.pop())
+            delete_namespace(self._created.pop())
         self._restore_signal_handlers()
         _ACTIVE.discard(self)
 
     # ----- building ---------------------------------------------------------------------
 
     def _add_namespace(self, name: str) -> None:
-        _run(["ip", "netns", "add", name])
+        run(["ip", "netns", "add", name])
         self._created.append(name)
-        _run(["ip", "-n", name, "link", "set", "lo", "up"])
+        run(["ip", "-n", name, "link", "set", "lo", "up"])
 
     def _shape(self, namespace: str, interface: str) -> None:
         if self.link.shaped:
-            _run(
+            run(
                 ["tc", "-n", namespace, "qdisc", "add", "dev", interface, "root", "tbf"]
                 + self.link.tbf_args()
             )
@@ -441,27 +334,27 @@ class EmulatedNetwork:
             self._add_namespace(name)
         if self.hub is None:
             a, b = self.hosts
-            _run(
+            run(
                 ["ip", "link", "add", a.interface, "netns", a.namespace, "type", "veth",
                  "peer", "name", b.interface, "netns", b.namespace]
             )  # fmt: skip
         else:
-            _run(["ip", "-n", self.hub, "link", "add", self._bridge, "type", "bridge"])
-            _run(["ip", "-n", self.hub, "link", "set", self._bridge, "up"])
+            run(["ip", "-n", self.hub, "link", "add", self._bridge, "type", "bridge"])
+            run(["ip", "-n", self.hub, "link", "set", self._bridge, "up"])
             for host, port in zip(self.hosts, self._ports, strict=True):
-                _run(
+                run(
                     ["ip", "link", "add", host.interface, "netns", host.namespace,
                      "type", "veth", "peer", "name", port, "netns", self.hub]
                 )  # fmt: skip
-                _run(["ip", "-n", self.hub, "link", "set", port, "master", self._bridge])
-                _run(["ip", "-n", self.hub, "link", "set", port, "up"])
+                run(["ip", "-n", self.hub, "link", "set", port, "master", self._bridge])
+                run(["ip", "-n", self.hub, "link", "set", port, "up"])
                 self._shape(self.hub, port)
         for host in self.hosts:
-            _run(
+            run(
                 ["ip", "-n", host.namespace, "addr", "add", f"{host.address}/24",
                  "dev", host.interface]
             )  # fmt: skip
-            _run(["ip", "-n", host.namespace, "link", "set", host.interface, "up"])
+            run(["ip", "-n", host.namespace, "link", "set", host.interface, "up"])
             self._shape(host.namespace, host.interface)
 
     # ----- signals ----------------------------------------------------------------------

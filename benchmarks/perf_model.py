@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks.netem import LINK_PRESETS, LinkPreset
+from benchmarks.links import LINK_PRESETS, LinkPreset
 
 __all__ = [
     "LINK_SPECS",

@@ -26,7 +26,6 @@ import gc
 import itertools
 import json
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -42,11 +41,11 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import lightning_quant
 from benchmarks.tasks import TASKS, Task
 from lightning_quant import QuantizedDDPStrategy
 from lightning_quant.hooks import PEERS, make_comm_hook
 from lightning_quant.quantizers import available_quantizers, quantizer_settings
+from lightning_quant.runstore import RunStoreLogger, versions
 from lightning_quant.strategy import SINGLE_BUCKET_MB
 
 __all__ = ["StepRecorder", "main", "time_compute"]
@@ -68,20 +67,31 @@ def tx_counter(interface: str | None) -> Path | None:
 
 
 class StepRecorder(Callback):
-    """Keep this rank's training loss, elapsed wall time and, given a counter, the bytes
-    its interface had sent, after every optimizer step (the counter also before step 0)."""
+    """Keep this rank's training loss, training time and, given a counter, the bytes its
+    interface had sent, after every optimizer step (the counter also before step 0); and
+    at every validation, the step, the training time and the validation metrics.
+
+    Training time leaves validation out: the time validation takes is kept apart
+    (``val_s``), so time to a target is training time, and the cost of checking is stated.
+    """
 
     def __init__(self, counter: Path | None = None) -> None:
         self.losses: list[float] = []
         self.times: list[float] = []
         self.tx_bytes: list[int] = []
+        self.validations: list[dict[str, float]] = []
+        self.val_s = 0.0
         self.counter = counter
         self._start = 0.0
+        self._val_started = 0.0
         self.start_unix: float | None = None
 
     def _count(self) -> None:
         if self.counter is not None:
             self.tx_bytes.append(int(self.counter.read_text()))
+
+    def _train_time(self) -> float:
+        return time.perf_counter() - self._start - self.val_s
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -94,7 +104,16 @@ class StepRecorder(Callback):
         self._count()
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss.detach()))
-        self.times.append(time.perf_counter() - self._start)
+        self.times.append(self._train_time())
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.val_s += time.perf_counter() - self._val_started
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+        point = {"step": trainer.global_step, "time_s": self._train_time(), **metrics}
+        self.validations.append(point)
 
 
 def time_compute(task: Task, model: L.LightningModule, loader: Any, steps: int) -> list[float]:
@@ -158,7 +177,7 @@ def time_peer_codec(
             x, y = next(batches)
             start = time.perf_counter()
             optimizer.zero_grad()
-            nn.functional.cross_entropy(ddp(x), y).backward()
+            cross_entropy(ddp(x), y).backward()
             optimizer.step()
             if index >= PEER_WARMUP:
                 seconds.append(time.perf_counter() - start)
@@ -170,16 +189,22 @@ def time_peer_codec(
     return max(0.0, medians[1] - medians[0])
 
 
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (classes last) against ``y``: a classifier's or an LM's."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), **kw)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any) -> tuple[float, float]:
-    """Return (accuracy, mean cross-entropy) of ``model`` over every sample of ``loader``."""
+    """Return (accuracy, mean cross-entropy) of ``model`` over every target of ``loader``
+    (every sample of a classifier, every next byte of a language model)."""
     model.eval()
     correct, loss, count = 0, 0.0, 0
     for x, y in loader:
         logits = model(x)
-        correct += int((logits.argmax(1) == y).sum())
-        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        count += len(y)
+        correct += int((logits.argmax(-1) == y).sum())
+        loss += float(cross_entropy(logits, y, reduction="sum"))
+        count += y.numel()
     return correct / count, loss / count
 
 
@@ -193,6 +218,7 @@ def _strategy(args: argparse.Namespace, task: Task) -> QuantizedDDPStrategy:
         bucket_size=args.bucket_size,
         collective=args.collective,
         hierarchical=args.hierarchical == "true",
+        start_step=args.start_step,
         seed=args.seed,
         quantizer_config=extra or None,
         process_group_backend="gloo",
@@ -200,15 +226,18 @@ def _strategy(args: argparse.Namespace, task: Task) -> QuantizedDDPStrategy:
     )
 
 
-def _versions() -> dict[str, str]:
-    import lightning
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "lightning_quant": lightning_quant.__version__,
-    }
+def _store_logger(args: argparse.Namespace, task: Task) -> RunStoreLogger | None:
+    """Rank 0 reports the run live to the run store, under the sweep's run key."""
+    if not args.api:
+        return None
+    return RunStoreLogger(
+        args.api,
+        name=args.run_name,
+        tags=[tag for tag in args.tags.split(",") if tag],
+        run_key=args.run_key,
+        token=os.environ.get("LQ_API_TOKEN"),
+        fields={"dataset": task.dataset, "model_name": task.model_name},
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -216,9 +245,10 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     world = int(os.environ["WORLD_SIZE"])
     per_node = args.ranks_per_node
     task = TASKS[args.task]
+    batch_size = args.batch_size or task.batch_size
     L.seed_everything(args.seed, workers=True, verbose=False)
     model = task.model()
-    train, test = task.loaders(batch_size=args.batch_size, seed=args.seed)
+    train, test = task.loaders(batch_size=batch_size, seed=args.seed)
     recorder = StepRecorder(tx_counter(os.environ.get("GLOO_SOCKET_IFNAME")))
     trainer = L.Trainer(
         accelerator="cpu",
@@ -226,16 +256,19 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         num_nodes=world // per_node,
         strategy=_strategy(args, task),
         max_steps=args.steps,
-        logger=False,
+        logger=_store_logger(args, task) or False,
+        log_every_n_steps=1,  # every step's loss reaches the run store
         callbacks=[recorder],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        limit_val_batches=0,
+        limit_val_batches=1.0 if args.val_every else 0,
+        val_check_interval=args.val_every or None,
+        check_val_every_n_epoch=None if args.val_every else 1,
     )
     fit_start = time.perf_counter()
-    trainer.fit(model, train)
+    trainer.fit(model, train, test if args.val_every else None)
     fit_s = time.perf_counter() - fit_start
     strategy = trainer.strategy
     assert isinstance(strategy, QuantizedDDPStrategy)
@@ -256,6 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "losses": recorder.losses,
         "times": recorder.times,
         "tx_bytes": recorder.tx_bytes,
+        "validations": recorder.validations,
+        "val_s": recorder.val_s,
         "train_start_unix": recorder.start_unix,
         "compute_s": statistics.median(compute),
         "compute_samples_s": compute,
@@ -271,18 +306,18 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         result = {
             "task": task.name,
             "dataset": task.dataset,
-            "model_name": "mlp-" + "-".join(map(str, task.sizes)),
+            "model_name": task.model_name,
             "param_count": sum(p.numel() for p in model.parameters()),
             "scheme": args.scheme,
             "bits": config["bits"],
             "seed": args.seed,
             "steps": args.steps,
-            "batch_size": args.batch_size,
+            "batch_size": batch_size,
             "world_size": world,
             "config": config,
             "hyperparameters": {
                 **dict(model.hparams),
-                "batch_size": args.batch_size,
+                "batch_size": batch_size,
                 "max_steps": args.steps,
             },
             "test_accuracy": accuracy,
@@ -290,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             "ranks": ranks,
             "host": socket.gethostname(),
             "cpu_count": os.cpu_count(),
-            "versions": _versions(),
+            "versions": versions(),
         }
     dist.barrier()
     dist.destroy_process_group()
@@ -308,10 +343,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hierarchical", choices=("true", "false"), default="false")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, required=True, help="optimizer steps to train")
-    parser.add_argument("--batch-size", type=int, default=32, help="per rank")
+    parser.add_argument("--batch-size", type=int, help="per rank (default: the task's)")
+    parser.add_argument("--val-every", type=int, default=0, help="steps between validations")
+    parser.add_argument("--start-step", type=int, default=0, help="uncompressed warm-up steps")
     parser.add_argument("--compute-steps", type=int, default=8, help="steps timed alone")
     parser.add_argument("--pg-timeout-s", type=float, default=300.0)
     parser.add_argument("--out", type=Path, required=True, help="rank 0 writes JSON here")
+    parser.add_argument("--api", help="report the run live to this run store (rank 0)")
+    parser.add_argument("--run-key", help="the run's idempotency key in the store")
+    parser.add_argument("--run-name", help="the run's name in the store")
+    parser.add_argument("--tags", default="", help="comma list of the run's tags")
     return parser.parse_args(argv)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import tempfile
 from collections.abc import Sequence
@@ -113,7 +114,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="first steps not timed")
     parser.add_argument("--seeds", type=_comma(int), default="0", help="comma list of seeds")
-    parser.add_argument("--batch-size", type=int, default=32, help="per rank")
+    parser.add_argument("--batch-size", type=int, help="per rank (default: the task's)")
+    parser.add_argument(
+        "--val-every", type=int, default=0,
+        help="validate every N steps (0: never); time to target needs it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--target", type=float,
+        help="the value of the task's target metric (validation loss for lm, accuracy for "
+        "the classifiers) to time; default: fp32 DDP's final value in the same sweep",
+    )  # fmt: skip
+    parser.add_argument(
+        "--start-step", type=int, default=0, help="uncompressed warm-up steps (recorded)"
+    )
     parser.add_argument("--bucket-size", type=int, default=512, help="quantization bucket")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--json", type=Path, help="write the records (a list) here")
@@ -147,6 +160,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("every run needs 2 ranks or more (--world-size, or N x L of --topology)")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.val_every < 0 or args.start_step < 0:
+        parser.error("--val-every and --start-step must be >= 0")
     if args.warmup >= args.steps:
         parser.error(f"--warmup ({args.warmup}) must be below --steps ({args.steps})")
     return args
@@ -190,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _check_network(args.link, console):
         return 2
     specs = plan_runs(args)
+    if args.api_token:  # the ranks report with it too, without it on their command line
+        os.environ["LQ_API_TOKEN"] = args.api_token
     workdir = _workdir(args.logs)
     sweep = Sweep(args, console)
     previous = signal.signal(signal.SIGTERM, on_sigterm)
@@ -206,8 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if sweep.api is not None:
-            sweep.api.close()
+        if sweep.store is not None and not sweep.store.close():
+            console.print(
+                f"[yellow]warning:[/] the run store at {args.api} did not take every record; "
+                "they are spooled for `lightning-quant replay`",
+                highlight=False,
+            )
         workdir.cleanup()
     records = sweep.records
     if args.json is not None:
@@ -225,6 +246,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.print(rich_table("Mean over seeds", CONFIG_COLUMNS, config_rows(records)))
     if len(args.world_size) > 1:
         out.print(rich_table("Scaling: step time (x fp32) and sent bytes", *scaling_rows(records)))
-    if sweep.api is not None and sweep.api.errors:
-        console.print(f"[yellow]{sweep.api.errors} API request(s) failed; see above[/]")
     return code

@@ -42,11 +42,13 @@ def free_port() -> int:
 
 
 def rank_argv(spec: RunSpec, out: Path, timeout_s: float) -> list[str]:
+    batch = ["--batch-size", str(spec.batch_size)] if spec.batch_size else []
     return [
         sys.executable, "-m", "benchmarks.train_rank",
         "--task", spec.task, "--scheme", spec.scheme, "--bits", str(spec.bits),
         "--bucket-size", str(spec.bucket_size), "--seed", str(spec.seed),
-        "--steps", str(spec.steps), "--batch-size", str(spec.batch_size),
+        "--steps", str(spec.steps), *batch,
+        "--val-every", str(spec.val_every), "--start-step", str(spec.start_step),
         "--collective", spec.collective,
         "--ranks-per-node", str(spec.ranks_per_node),
         "--hierarchical", str(spec.hierarchical).lower(),
@@ -81,8 +83,11 @@ def launch_ranks(
     timeout_s: float,
     poll_s: float = 0.2,
     grace_s: float = 10.0,
+    extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run one configuration's ranks to the end; return rank 0's result.
+
+    ``extra_args`` go to every rank's ``train_rank`` (the run store's, say).
 
     Raises:
         RunFailed: a rank exited non-zero (the others are killed ``grace_s`` later), the
@@ -90,7 +95,7 @@ def launch_ranks(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "result.json"
-    argv = rank_argv(spec, out, timeout_s)
+    argv = [*rank_argv(spec, out, timeout_s), *extra_args]
     threads = str(threads_per_rank(spec.world_size))
     extra = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
     port = net.next_master_port() if net is not None else free_port()

@@ -50,11 +50,13 @@ class RunSpec:
     seed: int
     steps: int
     warmup: int
-    batch_size: int
+    batch_size: int | None  # per rank; None: the task's
     bucket_size: int
     collective: str = Collective.ALLREDUCE
     ranks_per_node: int = 1
     hierarchical: bool = False
+    val_every: int = 0  # steps between validations (0: none)
+    start_step: int = 0  # uncompressed warm-up steps
     unavailable: str | None = None
 
     @property
@@ -173,6 +175,8 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
                         collective=collective,
                         ranks_per_node=per_node,
                         hierarchical=hierarchical,
+                        val_every=args.val_every,
+                        start_step=args.start_step,
                         unavailable=why,
                     )
                 )

@@ -10,6 +10,12 @@ per step, each a mean over ranks (or nodes) of their medians:
   that per rank. With one rank per node, everything a rank sends crosses its interface.
 
 The compression ratio is fp32 DDP's sent bytes at the same world size over this run's.
+
+Validation (``--val-every``) gives ``final_val_loss`` (and ``final_val_acc``) at the last
+check, and time to target: the training time (validation left out; its cost is
+``val_s_per_check``) and the step at which the task's target metric (validation loss for
+``lm``, accuracy for the classifiers) first reached the target: fp32 DDP's final value at
+the same task, topology, link and seed, or ``--target``. Null when never reached.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 from benchmarks.perf_model import predict_step_time
 from benchmarks.sweep.launch import RunFailed
 from benchmarks.sweep.plan import RunSpec
+from benchmarks.tasks import TASKS
 from lightning_quant.collectives import fp32_allreduce_bytes
 from lightning_quant.hooks import PEERS
 
@@ -31,9 +38,8 @@ __all__ = [
     "compare_with_baseline",
     "empty_record",
     "per_step",
-    "smoothed",
     "summarize",
-    "time_to_loss",
+    "time_to_target",
 ]
 
 LOSS_WINDOW = 5  # steps in the trailing mean that makes "final loss" less noisy
@@ -51,8 +57,10 @@ RECORD_FIELDS = (
     "measured_inter_node_tx_bytes_per_node",
     "compression_ratio", "mean_bits", "encode_s", "communicate_s", "decode_s",
     "final_loss", "test_accuracy", "test_loss",
-    "speedup_vs_fp32", "time_to_fp32_loss_s", "train_wall_s",
-    "param_count", "threads_per_rank", "load_1m", "api_run_id",
+    "final_val_loss", "final_val_acc", "val_checks", "val_s_per_check",
+    "target_metric", "target", "time_to_target_s", "steps_to_target", "start_step",
+    "speedup_vs_fp32", "train_wall_s",
+    "param_count", "threads_per_rank", "load_1m", "run_key",
 )  # fmt: skip
 
 
@@ -60,21 +68,15 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def smoothed(losses: Sequence[float], window: int = LOSS_WINDOW) -> list[float]:
-    """Return the trailing mean of the last ``window`` losses at every step."""
-    out = []
-    for index in range(len(losses)):
-        part = losses[max(0, index - window + 1) : index + 1]
-        out.append(sum(part) / len(part))
-    return out
-
-
-def time_to_loss(losses: Sequence[float], times: Sequence[float], target: float) -> float | None:
-    """Return the wall time at which the smoothed loss first reached ``target``, or None."""
-    for loss, at in zip(smoothed(losses), times, strict=False):
-        if loss <= target:
-            return at
-    return None
+def time_to_target(
+    validations: Sequence[dict[str, float]], metric: str, target: float, higher_is_better: bool
+) -> tuple[float | None, int | None]:
+    """Return the training time and step of the first validation reaching ``target``."""
+    for point in validations:
+        value = point.get(metric)
+        if value is not None and (value >= target if higher_is_better else value <= target):
+            return point["time_s"], int(point["step"])
+    return None, None
 
 
 def per_step(result: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -139,6 +141,8 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
     )
     losses, times = per_step(result)
     step_time = max(per_rank)
+    validations = ranks[0].get("validations") or []
+    last = validations[-1] if validations else {}
     fp32 = fp32_allreduce_bytes(raw, spec.world_size)
     return {
         "task": spec.task,
@@ -182,13 +186,21 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         "final_loss": statistics.fmean(losses[-LOSS_WINDOW:]) if losses else None,
         "test_accuracy": result["test_accuracy"],
         "test_loss": result["test_loss"],
+        "final_val_loss": last.get("val_loss"),
+        "final_val_acc": last.get("val_acc"),
+        "val_checks": len(validations),
+        "val_s_per_check": ranks[0]["val_s"] / len(validations) if validations else None,
+        "target_metric": TASKS[spec.task].target,
+        "target": None,
+        "time_to_target_s": None,
+        "steps_to_target": None,
+        "start_step": spec.start_step,
         "speedup_vs_fp32": None,
-        "time_to_fp32_loss_s": None,
         "train_wall_s": times[-1] if times else None,
         "param_count": result["param_count"],
         "threads_per_rank": ranks[0].get("threads"),
         "load_1m": os.getloadavg()[0],  # other work on the machine skews the timings
-        "api_run_id": None,
+        "run_key": None,
     }
 
 
@@ -213,12 +225,26 @@ def empty_record(spec: RunSpec, status: str, error: str) -> dict[str, Any]:
 
 
 def compare_with_baseline(
-    record: dict[str, Any], baseline: dict[str, Any] | None, result: dict[str, Any] | None
+    record: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    result: dict[str, Any] | None,
+    target: float | None = None,
 ) -> None:
-    """Fill the ratio to fp32's step time and the time to reach fp32's final loss."""
-    if baseline is None or record["status"] != "ok" or baseline["status"] != "ok":
+    """Fill the ratio to fp32's step time, and the time and steps to the target: ``target``
+    if given, else fp32 DDP's final value of the task's target metric."""
+    if record["status"] != "ok" or result is None:
         return
-    record["speedup_vs_fp32"] = baseline["step_time_s"] / record["step_time_s"]
-    if result is not None and baseline["final_loss"] is not None:
-        losses, times = per_step(result)
-        record["time_to_fp32_loss_s"] = time_to_loss(losses, times, baseline["final_loss"])
+    ok = baseline is not None and baseline["status"] == "ok"
+    if ok:
+        record["speedup_vs_fp32"] = baseline["step_time_s"] / record["step_time_s"]
+    task = TASKS[record["task"]]
+    metric = task.target
+    if target is None and ok:
+        target = baseline.get(f"final_{metric}")
+    if target is None:
+        return
+    record["target"] = target
+    validations = result["ranks"][0].get("validations") or []
+    record["time_to_target_s"], record["steps_to_target"] = time_to_target(
+        validations, metric, target, task.higher_is_better
+    )

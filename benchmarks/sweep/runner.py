@@ -25,7 +25,7 @@ from benchmarks.netem import EmulatedNetwork, emulated_network
 from benchmarks.sweep.launch import RunFailed, launch_ranks
 from benchmarks.sweep.plan import BASELINE, RunSpec
 from benchmarks.sweep.records import compare_with_baseline, empty_record, summarize
-from benchmarks.sweep.store import ApiClient, finish_body, metric_points, run_body
+from benchmarks.sweep.store import SweepStore
 
 __all__ = ["Sweep", "Terminated", "on_sigterm", "write_json"]
 
@@ -47,10 +47,7 @@ class Sweep:
         self.records: list[dict[str, Any]] = []
         self.baselines: dict[tuple[str, str, int, int], dict[str, Any]] = {}
         self.tag = "sweep:" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        self.api = ApiClient(args.api, args.api_token, self._warn) if args.api else None
-
-    def _warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        self.store = SweepStore(args.api, args.api_token, self.tag) if args.api else None
 
     def run(self, specs: list[RunSpec], workdir: Path) -> list[dict[str, Any]]:
         progress = Progress(
@@ -83,34 +80,30 @@ class Sweep:
         return emulated_network(nodes, link, ranks_per_node=per_node)
 
     def _one(self, spec: RunSpec, net: EmulatedNetwork | None, workdir: Path) -> dict[str, Any]:
-        run_id = None
-        if self.api is not None:
-            run_id = self.api.create_run(run_body(spec, self.tag))
+        index = len(self.records)
+        extra = self.store.rank_args(spec, index) if self.store is not None else []
         result = None
         if spec.unavailable:
             record = empty_record(spec, "unavailable", spec.unavailable)
         else:
             try:
-                result = launch_ranks(spec, workdir, net, self.args.timeout)
+                result = launch_ranks(spec, workdir, net, self.args.timeout, extra_args=extra)
                 record = summarize(spec, result)
             except (RunFailed, KeyError, ValueError, TypeError) as error:
                 message = str(error) if isinstance(error, RunFailed) else repr(error)
                 record = empty_record(spec, "failed", message)
                 result = None
             except BaseException:  # Ctrl-C or SIGTERM: the stored run must not stay running
-                if self.api is not None and run_id is not None:
-                    interrupted = empty_record(spec, "failed", "interrupted")
-                    self.api.finish(run_id, finish_body(interrupted, None))
+                if self.store is not None:
+                    self.store.finish(index, spec, empty_record(spec, "failed", "interrupted"))
                 raise
         key = (spec.task, spec.link, spec.topology, spec.seed)
         if spec.scheme == BASELINE and not spec.hierarchical and record["status"] == "ok":
             self.baselines[key] = record
-        compare_with_baseline(record, self.baselines.get(key), result)
-        record["api_run_id"] = run_id
-        if self.api is not None and run_id is not None:
-            if result is not None and record["status"] == "ok":
-                self.api.post_metrics(run_id, metric_points(result))
-            self.api.finish(run_id, finish_body(record, result))
+        compare_with_baseline(record, self.baselines.get(key), result, self.args.target)
+        if self.store is not None:
+            record["run_key"] = self.store.key(index)
+            self.store.finish(index, spec, record)
         return record
 
     def _save(self) -> None:

@@ -37,9 +37,9 @@ def _mb(value: float | None) -> str:
 
 
 RUN_COLUMNS = (
-    "scheme", "bits", "collective", "ranks", "link", "seed", "status", "step ms",
+    "scheme", "bits", "collective", "topology", "path", "link", "seed", "status", "step ms",
     "predicted ms", "meas/pred", "x fp32", "sent MB/step", "measured MB/step", "ratio",
-    "final loss", "test acc", "t->fp32 loss s",
+    "val loss", "test acc", "t->target s", "steps->target",
 )  # fmt: skip
 
 
@@ -60,20 +60,22 @@ def run_rows(records: list[Record]) -> tuple[list[list[str]], list[str]]:
         x_fp32 = 1 / r["speedup_vs_fp32"] if r.get("speedup_vs_fp32") else None
         rows.append(
             [
-                r["scheme"], str(r["bits"]), r["collective"] or "", str(r["world_size"]),
-                r["link"], str(r["seed"]), status, _ms(r["step_time_s"]),
-                _ms(r["predicted_step_s"]), _fmt(ratio, ".2f"), _fmt(x_fp32, ".2f"),
-                _mb(r["sent_bytes_per_step"]), _mb(r["measured_tx_bytes_per_step"]),
-                _fmt(r["compression_ratio"], ".1f"), _fmt(r["final_loss"], ".3f"),
-                _fmt(r["test_accuracy"], ".4f"), _fmt(r["time_to_fp32_loss_s"], ".1f"),
+                r["scheme"], str(r["bits"]), r["collective"] or "", r["topology"] or "",
+                "hierarchical" if r["hierarchical"] else "flat", r["link"], str(r["seed"]),
+                status, _ms(r["step_time_s"]), _ms(r["predicted_step_s"]), _fmt(ratio, ".2f"),
+                _fmt(x_fp32, ".2f"), _mb(r["sent_bytes_per_step"]),
+                _mb(r["measured_tx_bytes_per_step"]), _fmt(r["compression_ratio"], ".1f"),
+                _fmt(r["final_val_loss"], ".4f"), _fmt(r["test_accuracy"], ".4f"),
+                _fmt(r["time_to_target_s"], ".1f"), _fmt(r["steps_to_target"], "d"),
             ]
         )  # fmt: skip
     return rows, notes
 
 
 CONFIG_COLUMNS = (
-    "scheme", "bits", "collective", "ranks", "link", "runs", "test acc (mean)",
-    "vs fp32 (points)", "step ms (median)", "x fp32",
+    "scheme", "bits", "collective", "topology", "path", "link", "runs", "test acc",
+    "vs fp32 (points)", "val loss", "vs fp32 val loss", "step ms (median)", "x fp32",
+    "t->target s", "x fp32 t->target", "reached",
 )  # fmt: skip
 
 
@@ -91,24 +93,44 @@ def _median_step(runs: list[Record]) -> float:
     return float(statistics.median(r["step_time_s"] for r in runs))
 
 
+def _mean(runs: list[Record], field: str) -> float | None:
+    values = [r[field] for r in runs if r.get(field) is not None]
+    return statistics.fmean(values) if values else None
+
+
 def config_rows(records: list[Record]) -> list[list[str]]:
-    """Return one row per configuration, averaged over seeds (ok runs only)."""
-    groups = _groups(
-        records, lambda r: (r["link"], r["world_size"], r["scheme"], r["bits"], r["collective"])
+    """Return one row per configuration, averaged over seeds (ok runs only): test accuracy,
+    final validation loss and time to target (over the seeds that reached it), each beside
+    fp32 DDP's at the same link and topology."""
+    key = lambda r: (  # noqa: E731
+        r["link"],
+        r["topology"],
+        r["scheme"],
+        r["bits"],
+        r["collective"],
+        r["hierarchical"],
     )
-    baselines = {(k[0], k[1]): runs for k, runs in groups.items() if k[2] == BASELINE}
+    groups = _groups(records, key)
+    baselines = {(k[0], k[1]): runs for k, runs in groups.items() if k[2] == BASELINE and not k[5]}
     rows = []
-    for (link, world, scheme, bits, collective), runs in groups.items():
-        acc = statistics.fmean(r["test_accuracy"] for r in runs)
+    for (link, topology, scheme, bits, collective, hierarchical), runs in groups.items():
+        base = baselines.get((link, topology), [])
+        acc, val, time = (_mean(runs, f) for f in ("test_accuracy", "final_val_loss",
+                                                   "time_to_target_s"))  # fmt: skip
+        base_acc, base_val, base_time = (
+            _mean(base, f) for f in ("test_accuracy", "final_val_loss", "time_to_target_s")
+        )
         step = _median_step(runs)
-        base = baselines.get((link, world))
-        delta = ratio = None
-        if base:
-            delta = 100 * (acc - statistics.fmean(r["test_accuracy"] for r in base))
-            ratio = step / _median_step(base)
+        reached = sum(r["time_to_target_s"] is not None for r in runs)
         rows.append(
-            [scheme, str(bits), collective, str(world), link, str(len(runs)), f"{acc:.4f}",
-             _fmt(delta, "+.2f"), _ms(step), _fmt(ratio, ".2f")]
+            [scheme, str(bits), collective, topology, "hierarchical" if hierarchical else "flat",
+             link, str(len(runs)), _fmt(acc, ".4f"),
+             _fmt(100 * (acc - base_acc) if acc is not None and base_acc else None, "+.2f"),
+             _fmt(val, ".4f"),
+             _fmt(val / base_val - 1 if val is not None and base_val else None, "+.2%"),
+             _ms(step), _fmt(step / _median_step(base) if base else None, ".2f"),
+             _fmt(time, ".1f"), _fmt(time / base_time if time and base_time else None, ".2f"),
+             f"{reached}/{len(runs)}"]
         )  # fmt: skip
     return rows
 
@@ -119,16 +141,20 @@ def scaling_rows(records: list[Record]) -> tuple[list[str], list[list[str]]]:
     One row per (link, scheme, bits, collective); one column per world size in the sweep.
     """
     worlds = sorted({r["world_size"] for r in records})
-    groups = _groups(records, lambda r: (r["link"], r["scheme"], r["bits"], r["collective"]))
+    groups = _groups(
+        records,
+        lambda r: (r["link"], r["scheme"], r["bits"], r["collective"], r["hierarchical"]),
+    )
     base = {
         (k[0], world): _median_step([r for r in runs if r["world_size"] == world])
         for k, runs in groups.items()
-        if k[1] == BASELINE
+        if k[1] == BASELINE and not k[4]
         for world in {r["world_size"] for r in runs}
     }
     columns = ["link", "scheme", "bits", "collective"] + [f"{n} ranks" for n in worlds]
     rows = []
-    for (link, scheme, bits, collective), runs in groups.items():
+    for (link, scheme, bits, collective, hierarchical), runs in groups.items():
+        collective = f"{collective} hierarchical" if hierarchical else collective
         cells = []
         for world in worlds:
             mine = [r for r in runs if r["world_size"] == world]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import netem
+from benchmarks import namespaces, netem
 from benchmarks.netem import (
     LINK_PRESETS,
     LinkPreset,
@@ -64,14 +64,14 @@ def _transfer_mbit(net: netem.EmulatedNetwork, src: int, dst: int, nbytes: int, 
 
 
 def test_not_root_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(netem.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(namespaces.os, "geteuid", lambda: 1000)
     with pytest.raises(NetworkEmulationError, match="needs root"), emulated_network(2):
         pass
 
 
 def test_missing_tc_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(netem.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(netem.shutil, "which", lambda tool: None if tool == "tc" else "/x")
+    monkeypatch.setattr(namespaces.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(namespaces.shutil, "which", lambda tool: None if tool == "tc" else "/x")
     with pytest.raises(NetworkEmulationError, match="iproute2"), emulated_network(2):
         pass
 

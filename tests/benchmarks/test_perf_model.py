@@ -47,7 +47,7 @@ def test_allgather_overtakes_allreduce_as_ranks_grow():
 
 
 def test_step_is_compute_plus_codec_plus_comm():
-    step = predict_step_time(compute_s=0.05, codec_s=0.02, sent_bytes=2e6, rounds=4, link=MB_PER_S)
+    step = predict_step_time(compute_s=0.05, codec_s=0.02, link_bytes=2e6, rounds=4, link=MB_PER_S)
     assert (step.compute_s, step.codec_s, step.comm_s) == (0.05, 0.02, pytest.approx(2.0))
     assert step.total_s == pytest.approx(2.07)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -15,20 +15,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks import netem, sweep
+from benchmarks import namespaces, sweep
 from benchmarks.netem import NETNS_PREFIX, network_emulation_available
 from benchmarks.sweep import launch
 from benchmarks.tasks import TASKS
+from lightning_quant.hooks import STEP_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_PARAMS = sum(a * b + b for a, b in itertools.pairwise(TASKS["digits"].sizes))
 
 
-def run_sweep(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+def run_sweep(
+    *args: str, timeout: float = 150, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "benchmarks.sweep", *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -50,7 +53,7 @@ def test_tiny_sweep_records_every_requested_scheme(tmp_path):
     done = run_sweep(
         "--task", "digits", "--schemes", "fp32,qsgd,torch_bf16", "--bits", "4",
         "--world-size", "2", "--link", "none", "--steps", "15", "--warmup", "3",
-        "--json", str(out), "--markdown", str(tmp_path / "table.md"),
+        "--val-every", "5", "--json", str(out), "--markdown", str(tmp_path / "table.md"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads(out.read_text())
@@ -79,14 +82,17 @@ def test_tiny_sweep_records_every_requested_scheme(tmp_path):
     assert fp32["collective"] == "allreduce" and qsgd["collective"] == "allgather"
     assert 6 < qsgd["compression_ratio"] < 8 and qsgd["mean_bits"] == 4
     assert fp32["speedup_vs_fp32"] == 1.0
-    assert fp32["time_to_fp32_loss_s"] is not None  # fp32 reaches its own final loss
+    # validation every 5 steps: fp32's final accuracy is the target, which it reaches
+    assert fp32["val_checks"] == 3 and fp32["target"] == fp32["final_val_acc"]
+    assert fp32["time_to_target_s"] is not None and fp32["steps_to_target"] <= 15
+    assert qsgd["target"] == fp32["final_val_acc"] and qsgd["val_s_per_check"] > 0
     assert fp32["test_accuracy"] > 0.3  # 15 steps of digits learn something
 
     assert bf16["status"] == "unavailable"
     assert "bf16_compress_hook" in bf16["error"] and "NCCL" in bf16["error"]
     assert bf16["step_time_s"] is None
     assert "Sweep" in done.stdout and "unavailable" in done.stdout
-    assert "| fp32 | 32 | allreduce | 2 | none |" in (tmp_path / "table.md").read_text()
+    assert "| fp32 | 32 | allreduce | 2x1 | flat | none |" in (tmp_path / "table.md").read_text()
 
 
 @pytest.mark.timeout(120)
@@ -96,15 +102,15 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
     done = run_sweep(
         "--task", "digits", "--schemes", "fp32,qsgd,torch_quantization", "--steps", "5",
         "--warmup", "1", "--timeout", "1", "--json", str(out),
-        "--api", f"http://127.0.0.1:{_closed_port()}",
+        "--api", f"http://127.0.0.1:{_closed_port()}", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads(out.read_text())
     assert [r["status"] for r in records] == ["failed", "failed", "unavailable"]
     assert all("timed out after 1 s" in r["error"] for r in records[:2])
     assert "quantization_pertensor_hook" in records[2]["error"]
-    assert "API POST" in done.stderr and "stays in the JSON" in done.stderr
-    assert all(r["api_run_id"] is None for r in records)
+    assert "did not take every record" in done.stderr and "replay" in done.stderr
+    assert all(r["run_key"] for r in records)  # spooled under their keys
 
 
 def _closed_port() -> int:
@@ -184,7 +190,7 @@ def test_unknown_scheme_is_refused_with_the_names():
 
 
 def test_shaped_link_without_root_exits_2_with_the_reason(monkeypatch, capsys):
-    monkeypatch.setattr(netem.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(namespaces.os, "geteuid", lambda: 1000)
     assert sweep.main(["--link", "100mbit", "--schemes", "fp32"]) == 2
     assert "needs root" in capsys.readouterr().err
 
@@ -224,11 +230,15 @@ def test_summarize_takes_the_slower_rank_after_the_warmup():
     assert record["predicted_step_s"] == pytest.approx(0.02 + 0.004 + record["predicted_comm_s"])
 
 
-def test_time_to_loss_uses_the_smoothed_loss():
-    losses, times = [4.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0], [1, 2, 3, 4, 5, 6, 7, 8]
-    # one lucky step is not enough: the trailing mean of 5 must reach the target
-    assert sweep.time_to_loss(losses, times, 1.5) == 6
-    assert sweep.time_to_loss(losses, times, 0.5) is None
+def test_time_to_target_is_the_first_validation_that_reaches_it():
+    checks = [
+        {"step": 10, "time_s": 1.0, "val_loss": 3.0, "val_acc": 0.2},
+        {"step": 20, "time_s": 2.5, "val_loss": 2.0, "val_acc": 0.6},
+        {"step": 30, "time_s": 3.1, "val_loss": 2.2, "val_acc": 0.5},
+    ]
+    assert sweep.time_to_target(checks, "val_loss", 2.1, higher_is_better=False) == (2.5, 20)
+    assert sweep.time_to_target(checks, "val_acc", 0.55, higher_is_better=True) == (2.5, 20)
+    assert sweep.time_to_target(checks, "val_loss", 1.0, higher_is_better=False) == (None, None)
 
 
 # ----- an emulated 100 Mbit/s link -----------------------------------------------------------
@@ -281,24 +291,25 @@ def test_sweep_stores_runs_metrics_and_summaries_in_the_api(tmp_path, api_server
         stored = {run["scheme"]: run for run in listed["data"]}
         for scheme in ("fp32", "nuqsgd"):
             record, run = records[scheme], stored[scheme]
-            assert run["id"] == record["api_run_id"]
+            assert run["run_key"] == record["run_key"]
             assert run["status"] == "finished"
             assert run["world_size"] == 2 and run["num_nodes"] == 2 and run["backend"] == "gloo"
             assert run["param_count"] == DIGITS_PARAMS and run["dataset"] == "sklearn-digits"
-            assert run["bits"] == record["bits"]
+            assert run["model_name"] == "mlp-64-128-128-10" and run["topology"] == "2x1"
+            assert run["bits"] == record["bits"] and run["collective"] == record["collective"]
             assert run["final_accuracy"] == pytest.approx(record["test_accuracy"])
-            assert run["final_loss"] == pytest.approx(record["final_loss"])
             assert run["predicted_step_s"] == pytest.approx(record["predicted_step_s"])
             assert run["summary"]["step_time_s"] == pytest.approx(record["step_time_s"])
             assert run["strategy_config"]["scheme"] == scheme
-            assert run["hyperparameters"]["max_steps"] == 8 and run["versions"]["torch"]
+            assert run["hyperparameters"]["lr"] == 0.05 and run["versions"]["torch"]
+            # rank 0's logger sent every step as it trained, under the loggers' names
             metrics = client.get(f"/runs/{run['id']}/metrics").json()["data"]
             names = {m["name"] for m in metrics}
-            assert {"loss", "raw_bytes", "sent_bytes", "encode_s", "communicate_s",
-                    "decode_s", "step_s", "bits"} <= names  # fmt: skip
-            assert sorted(m["step"] for m in metrics if m["name"] == "sent_bytes") == list(range(8))
+            comm = {f"comm/{name}" for name in STEP_METRICS}
+            assert {"train_loss", *comm} <= names
+            sent = sorted(m["step"] for m in metrics if m["name"] == "comm/sent_bytes")
+            assert len(sent) == 8
         assert stored["nuqsgd"]["quantizer_config"]["bits"] == 4
-        assert stored["nuqsgd"]["collective"] == "allgather"
         assert stored["nuqsgd"]["total_sent_bytes"] < stored["fp32"]["total_sent_bytes"] / 6
         unavailable = stored["torch_bf16"]
         assert unavailable["status"] == "failed"

@@ -1,22 +1,13 @@
-"""Training tasks for tests, sweeps and the demo: real data, real LightningModules.
-
-* ``digits``: scikit-learn's 8x8 digits (1797 images, ships with the package), a small MLP;
-  for accuracy.
-* ``large``: an MLP of 10.5M parameters (1024-2048-2048-2048-10, as in PEERS.md) on
-  generated data labelled by a fixed random teacher; for communication-bound speed.
-"""
+"""MLP classifiers: scikit-learn's digits, and a 10.5M-parameter model on teacher data."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["TASKS", "Classifier", "Task", "digits_loaders", "large_loaders"]
+__all__ = ["Classifier", "digits_loaders", "large_loaders", "tensor_dataset"]
 
 
 class Classifier(L.LightningModule):
@@ -67,8 +58,8 @@ def digits_loaders(batch_size: int = 32, seed: int = 0) -> tuple[DataLoader, Dat
         x, y, test_size=0.2, random_state=seed, stratify=y
     )
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-    train = _dataset((x_train - mean) / std, y_train)
-    test = _dataset((x_test - mean) / std, y_test)
+    train = tensor_dataset((x_train - mean) / std, y_train)
+    test = tensor_dataset((x_test - mean) / std, y_test)
     return DataLoader(train, batch_size, shuffle=True), DataLoader(test, 256)
 
 
@@ -86,27 +77,5 @@ def large_loaders(
     return DataLoader(train, batch_size, shuffle=True), DataLoader(test, 256)
 
 
-def _dataset(x, y) -> TensorDataset:
+def tensor_dataset(x, y) -> TensorDataset:
     return TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y))
-
-
-@dataclass(frozen=True)
-class Task:
-    """A model and its data, by name."""
-
-    name: str
-    dataset: str
-    sizes: tuple[int, ...]
-    lr: float
-    loaders: Callable[..., tuple[DataLoader, DataLoader]]
-
-    def model(self) -> Classifier:
-        return Classifier(list(self.sizes), lr=self.lr)
-
-
-TASKS = {
-    "digits": Task("digits", "sklearn-digits", (64, 128, 128, 10), 0.05, digits_loaders),
-    "large": Task(
-        "large", "teacher-gaussian-1024", (1024, 2048, 2048, 2048, 10), 0.01, large_loaders
-    ),
-}
