@@ -19,10 +19,12 @@ install() {
 }
 
 system_packages() {
-    # chromium for the browser tests, iproute2 for emulated network links (root only).
+    # chromium for the browser tests, iproute2 for emulated network links, PostgreSQL for
+    # the run store's second database (root only; without them those tests skip).
     local missing=()
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             echo "installing ${missing[*]} with apt-get"

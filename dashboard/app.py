@@ -19,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dashboard import data, views  # noqa: E402
+from dashboard import data  # noqa: E402
+from dashboard.browser import browser_page  # noqa: E402
+from dashboard.run_page import run_page  # noqa: E402
+from dashboard.widgets import api_errors  # noqa: E402
 
 
 def main() -> None:
@@ -39,12 +42,12 @@ def main() -> None:
             help=f"Answers are cached for {data.TTL_S} s",
         )
     run_ids = [v for v in st.query_params.get_all("run") if v.strip().isdigit()]
-    with views.api_errors(api_url):
+    with api_errors(api_url):
         if run_ids:
-            views.run_page(api_url, int(run_ids[0]))
+            run_page(api_url, int(run_ids[0]))
         else:
             st.title("Quantized gradient exchange: runs")
-            views.browser_page(api_url)
+            browser_page(api_url)
 
 
 main()

@@ -23,7 +23,6 @@ __all__ = [
     "phase_chart",
     "prediction_chart",
     "step_phases_chart",
-    "scaling_chart",
     "sent_bytes_chart",
     "tradeoff_chart",
 ]
@@ -35,20 +34,6 @@ X_FIELDS = {
     "time_s": alt.X("time_s:Q", title="wall-clock time (s)"),
 }
 Schemes = Sequence[str] | None
-
-
-PALETTE = (
-    "#4c78a8",
-    "#f58518",
-    "#e45756",
-    "#72b7b2",
-    "#54a24b",
-    "#eeca3b",
-    "#b279a2",
-    "#ff9da6",
-    "#9d755d",
-    "#bab0ac",
-)  # fmt: skip  (Vega's tableau10)
 
 
 def percent_format(values: pd.Series) -> str:
@@ -69,15 +54,19 @@ def bits_legend() -> alt.Legend:
 
 
 def scheme_color(frame: pd.DataFrame, schemes: Schemes = None) -> alt.Color:
-    """Colour by scheme: ``schemes`` (all schemes of the page) fixes each one's colour, and
-    the legend lists only those in ``frame``."""
+    """Colour by scheme from Vega's ``tableau10``: ``schemes`` (all schemes of the page)
+    fixes each one's colour across charts, and the legend lists only those in ``frame``."""
     present = set(frame["scheme"].dropna())
     order = list(schemes or []) + sorted(present - set(schemes or []))
-    domain = [s for s in order if s in present]
     return alt.Color(
         "scheme:N",
-        scale=alt.Scale(domain=domain, range=[PALETTE[order.index(s) % 10] for s in domain]),
-        legend=legend("scheme"),
+        scale=alt.Scale(domain=order, scheme="tableau10"),
+        legend=alt.Legend(
+            orient="right",
+            title="scheme",
+            labelLimit=140,
+            values=[s for s in order if s in present],
+        ),
     )
 
 
@@ -372,38 +361,3 @@ def prediction_chart(predictions: pd.DataFrame, *, schemes: Schemes = None) -> a
         )
     )
     return alt.layer(gap, dots).properties(title="Measured vs predicted step time", height=HEIGHT)
-
-
-SCALING_MEASURES = {
-    "sent_bytes": ("sent bytes per rank and step", "~s", "Bytes sent per rank as ranks grow"),
-    "step_ms": ("time per step (ms)", ",.0f", "Step time as ranks grow"),
-}
-
-
-def scaling_chart(scaling: pd.DataFrame, measure: str, *, schemes: Schemes = None) -> alt.Chart:
-    """``measure`` (``"sent_bytes"`` or ``"step_ms"``) against world size, a line per
-    scheme, width and collective (``frames.scaling``): flat lines are what scale."""
-    title, fmt, heading = SCALING_MEASURES[measure]
-    frame = scaling.copy()
-    frame["bits"] = frame["bits"].astype("float64")
-    base = alt.Chart(frame).encode(
-        x=alt.X("world_size:Q", title="ranks", scale=alt.Scale(type="log", base=2)),
-        y=alt.Y(f"{measure}:Q", title=title, axis=alt.Axis(format=fmt),
-                scale=alt.Scale(type="log")),
-        color=scheme_color(frame, schemes),
-        detail="line:N",
-    )  # fmt: skip
-    lines = base.mark_line(strokeWidth=1.8).encode(
-        strokeDash=alt.StrokeDash("collective:N", legend=legend("collective"))
-    )
-    points = base.mark_point(filled=True, size=60).encode(
-        tooltip=[
-            alt.Tooltip("scheme:N", title="scheme"),
-            alt.Tooltip("bits:Q", title="bits", format="d"),
-            alt.Tooltip("collective:N", title="collective"),
-            alt.Tooltip("world_size:Q", title="ranks", format="d"),
-            alt.Tooltip(f"{measure}:Q", title=title, format=",.4~g"),
-            alt.Tooltip("runs:Q", title="runs (median)", format="d"),
-        ]
-    )
-    return alt.layer(lines, points).properties(title=heading, height=HEIGHT)

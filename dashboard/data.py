@@ -21,12 +21,10 @@ __all__ = [
     "DEFAULT_API_URL",
     "FILTER_FIELDS",
     "MAX_RUNS",
-    "STEP_METRICS",
     "TTL_S",
     "ApiError",
     "ApiUnreachable",
     "fetch_comparison",
-    "fetch_metric_names",
     "fetch_metrics",
     "fetch_metrics_csv",
     "fetch_run",
@@ -40,29 +38,16 @@ TTL_S = 5  # seconds a cached answer is reused; running runs refresh at about th
 TIMEOUT_S = 5.0
 PAGE_SIZE = 1000  # the API's largest page
 MAX_RUNS = 5000  # the most runs the browser lists
-# What the training reporter posts per optimizer step, plus accuracy at validation points.
-STEP_METRICS = (
-    "loss",
-    "accuracy",
-    "raw_bytes",
-    "payload_bytes",
-    "sent_bytes",
-    "inter_node_bytes",
-    "compression_ratio",
-    "encode_s",
-    "communicate_s",
-    "decode_s",
-    "step_s",
-    "bits",
-    "buckets",
-)
 # The run list's filters: query parameter of the API (and of the dashboard's URL).
-FILTER_FIELDS = ("scheme", "bits", "collective", "dataset", "model", "status", "tag")
+FILTER_FIELDS = (
+    "scheme", "bits", "collective", "topology", "dataset", "model", "status", "tag",
+)  # fmt: skip
 
 RUN_COLUMNS = (
     "id", "name", "scheme", "bits", "collective", "status", "world_size", "num_nodes",
-    "dataset", "model_name", "tags", "final_loss", "final_accuracy", "total_raw_bytes",
-    "total_payload_bytes", "total_sent_bytes", "compression_ratio", "mean_step_s", "mean_encode_s",
+    "topology", "hierarchical", "dataset", "model_name", "tags", "final_loss",
+    "final_accuracy", "total_raw_bytes", "total_payload_bytes", "total_sent_bytes",
+    "total_inter_node_bytes", "compression_ratio", "mean_step_s", "mean_encode_s",
     "mean_communicate_s", "mean_decode_s", "predicted_step_s", "created_at", "finished_at",
 )  # fmt: skip
 METRIC_COLUMNS = ("run_id", "step", "epoch", "wall_time", "name", "value")
@@ -192,12 +177,6 @@ def fetch_metrics(
     return frame.astype(
         {"step": "int64", "epoch": "Int64", "wall_time": "float64", "value": "float64"}
     )
-
-
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def fetch_metric_names(api_url: str, run_id: int) -> list[str]:
-    """Return the names of every metric stored for a run."""
-    return list(_json(_get(api_url, f"/runs/{int(run_id)}/metrics/names"))["data"])
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

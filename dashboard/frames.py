@@ -9,10 +9,14 @@ import math
 import pandas as pd
 
 __all__ = [
+    "ALIASES",
+    "CHARTED",
     "PHASES",
+    "chart_name",
     "cumulative",
     "label_runs",
     "metric_series",
+    "node_traffic",
     "pareto_front",
     "phase_means",
     "predictions",
@@ -50,14 +54,37 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+# Names the charts read, for what loggers commonly call them: the strategy's step figures
+# come as comm/<name>; a LightningModule logs its loss and accuracy under names of its own.
+ALIASES = {
+    "train_loss": "loss",
+    "val_acc": "accuracy",
+    "val_accuracy": "accuracy",
+    "test_acc": "accuracy",
+    "test_accuracy": "accuracy",
+}
+CHARTED = ("loss", "accuracy", "sent_bytes", "compression_ratio", "bits", "step_s",
+           "encode_s", "communicate_s", "decode_s")  # fmt: skip
+
+
+def chart_name(name: str) -> str:
+    """The name a chart reads a stored metric under: ``comm/sent_bytes`` is ``sent_bytes``,
+    ``train_loss`` is ``loss``."""
+    name = name.removeprefix("comm/")
+    return ALIASES.get(name, name)
+
+
 def metric_series(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Join long metrics (``run_id, step, wall_time, name, value``) with their runs'
     label, scheme and bits, and add ``time_s``: seconds since the run's first point.
+    Names become :func:`chart_name`'s (the first of a run's aliases at a step wins).
 
     Returns the columns ``run_id, run, scheme, bits, step, time_s, name, value``.
     """
     if metrics.empty:
         return pd.DataFrame(columns=SERIES_COLUMNS)
+    metrics = metrics.assign(name=metrics["name"].map(chart_name))
+    metrics = metrics.drop_duplicates(subset=["run_id", "name", "step"])
     labelled = label_runs(runs)[["id", "run", "scheme", "bits"]].rename(columns={"id": "run_id"})
     frame = metrics.merge(labelled, on="run_id", how="inner")
     start = frame.groupby("run_id")["wall_time"].transform("min")
@@ -183,8 +210,7 @@ def scaling(runs: pd.DataFrame) -> pd.DataFrame:
     bytes per step are its ``total_sent_bytes`` over its steps (``summary["steps"]``).
     """
     frame = runs[runs["status"] == "finished"].copy()
-    steps = frame["summary"].map(lambda summary: (summary or {}).get("steps"))
-    frame["sent_bytes"] = frame["total_sent_bytes"].astype("float64") / steps.astype("float64")
+    frame["sent_bytes"] = _per_step(frame, "total_sent_bytes")
     frame["step_ms"] = frame["mean_step_s"].astype("float64") * 1e3
     frame = frame.dropna(subset=["world_size", "sent_bytes", "step_ms"])
     frame = frame[frame["sent_bytes"] > 0]
@@ -204,6 +230,34 @@ def scaling(runs: pd.DataFrame) -> pd.DataFrame:
         for s, b, c in zip(table["scheme"], table["bits"], table["collective"], strict=True)
     ]
     return table[SCALING_COLUMNS].sort_values(["line", "world_size"], ignore_index=True)
+
+
+TRAFFIC_COLUMNS = ["run_id", "run", "scheme", "topology", "path", "kind", "bytes"]
+
+
+def _per_step(runs: pd.DataFrame, column: str) -> pd.Series:
+    steps = runs["summary"].map(lambda summary: (summary or {}).get("steps"))
+    return runs[column].astype("float64") / steps.astype("float64")
+
+
+def node_traffic(runs: pd.DataFrame) -> pd.DataFrame:
+    """Bytes a rank sent per step, split into those that left its node and those that did
+    not, long format (``kind``: ``"inter-node"`` / ``"intra-node"``), for runs with both
+    totals; ``path`` says flat or hierarchical, ``topology`` is ``"NxL"``."""
+    frame = label_runs(runs).dropna(subset=["total_sent_bytes", "total_inter_node_bytes"])
+    if frame.empty:
+        return pd.DataFrame(columns=TRAFFIC_COLUMNS)
+    frame["inter-node"] = _per_step(frame, "total_inter_node_bytes")
+    frame["intra-node"] = _per_step(frame, "total_sent_bytes") - frame["inter-node"]
+    frame["path"] = frame["hierarchical"].map({True: "hierarchical"}).fillna("flat")
+    frame["topology"] = frame["topology"].fillna("-")
+    long = frame.melt(
+        id_vars=["id", "run", "scheme", "topology", "path"],
+        value_vars=["inter-node", "intra-node"],
+        var_name="kind",
+        value_name="bytes",
+    ).rename(columns={"id": "run_id"})
+    return long.dropna(subset=["bytes"])[TRAFFIC_COLUMNS].reset_index(drop=True)
 
 
 def predictions(runs: pd.DataFrame) -> pd.DataFrame:

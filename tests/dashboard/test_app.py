@@ -47,13 +47,15 @@ def test_a_comparison_from_the_url_draws_every_chart_and_the_cards(seeded_api, m
     cards = {metric.label: metric for metric in at.metric}
     assert list(cards) == [
         "Runs compared", "Best final accuracy", "Fewest bytes sent", "Top compression",
-        "Fastest step",
+        "Fastest step", "Fastest to target",
     ]  # fmt: skip
     assert cards["Runs compared"].value == "3"
     assert cards["Fewest bytes sent"].delta.startswith("-")  # 4-bit qsgd against fp32
+    assert cards["Fastest to target"].value.endswith(" s")
+    assert cards["Fastest to target"].delta.startswith("-")  # quantized runs get there first
     # loss and accuracy by step and by time, bytes per step and cumulative, compression,
-    # phases, Pareto, DQ-SGD bits, measured vs predicted
-    assert len(at.get(CHART)) == 11
+    # phases, Pareto, DQ-SGD bits, measured vs predicted, bytes inside and between nodes
+    assert len(at.get(CHART)) == 12
     assert dict(at.query_params) == {"runs": "1,2,4", "baseline": "1"}
 
 
@@ -63,7 +65,7 @@ def test_picking_runs_in_the_multiselect_updates_the_url(seeded_api, monkeypatch
     assert not at.exception
     assert at.query_params["runs"] == "2,6"
     assert at.query_params["baseline"] == "2"  # no fp32 run among them: the first
-    assert len(at.get(CHART)) == 10  # no DQ-SGD run: its chart says so instead
+    assert len(at.get(CHART)) == 11  # no DQ-SGD run: its chart says so instead
     assert "add a dqsgd run" in _texts(at, "caption")
     at.selectbox(key="baseline").set_value(6).run()
     assert at.query_params["baseline"] == "6"
@@ -101,7 +103,8 @@ def test_the_run_page_shows_configuration_charts_and_the_csv(seeded_api, monkeyp
     assert not at.exception and not at.error
     assert at.title[0].value == "resnet18-cifar10-dqsgd-4b-s0"
     assert [metric.label for metric in at.metric][:2] == ["Final accuracy", "Final loss"]
-    assert len(at.get(CHART)) == 7
+    assert len(at.get(CHART)) == 8  # 7 charts, and one of the metrics no chart draws
+    assert at.selectbox[0].value == "buckets"  # the first, sorted
     assert [tab.label for tab in at.tabs] == ["Charts", "Configuration"]
     configs = [element.value for element in at.json]
     assert any('"min_bits": 2' in value for value in configs)  # quantizer_config

@@ -5,7 +5,7 @@ import itertools
 import pandas as pd
 import pytest
 
-from dashboard import charts, data, frames
+from dashboard import charts, data, frames, scale_charts
 from tests.utils.factories import REPORTER_METRIC_NAMES, metric_points, run_payload
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,6 +44,20 @@ def test_api_url_comes_from_the_command_line_then_the_environment():
     assert data.resolve_api_url(["--api-url=http://cli:3"], env) == "http://cli:3"
     assert data.resolve_api_url(["-x", "tests/dashboard", "--api"], env) == "http://env:1"
     assert data.resolve_api_url([], {}) == data.DEFAULT_API_URL
+
+
+def test_logged_names_are_read_under_the_charts_names():
+    assert frames.chart_name("comm/sent_bytes") == "sent_bytes"
+    assert frames.chart_name("train_loss") == "loss" and frames.chart_name("val_acc") == "accuracy"
+    assert frames.chart_name("lr") == "lr"
+    metrics = pd.DataFrame(
+        {"run_id": [1, 1, 1], "step": [0, 0, 1], "wall_time": [0.0, 0.0, 1.0],
+         "name": ["train_loss", "loss", "comm/sent_bytes"], "value": [2.0, 3.0, 10.0]}
+    )  # fmt: skip
+    series = frames.metric_series(metrics, _runs((1, "qsgd", 4, "running")))
+    assert sorted(zip(series["name"], series["value"], strict=True)) == [
+        ("loss", 2.0), ("sent_bytes", 10.0)
+    ]  # fmt: skip
 
 
 def test_series_are_labelled_and_timed_from_each_runs_first_point(series):
@@ -151,7 +165,7 @@ def test_every_chart_is_typed_has_tooltips_and_a_scheme_legend(series):
         "step_phases": charts.step_phases_chart(frames.step_phases(series)),
         "tradeoff": charts.tradeoff_chart(frames.tradeoff(runs), schemes=schemes),
         "prediction": charts.prediction_chart(frames.predictions(runs), schemes=schemes),
-        "scaling": charts.scaling_chart(frames.scaling(runs), "sent_bytes", schemes=schemes),
+        "scaling": scale_charts.scaling_chart(frames.scaling(runs), "sent_bytes", schemes=schemes),
     }
     for name, chart in built.items():
         spec = chart.to_dict()  # validates against the Vega-Lite schema
@@ -160,8 +174,11 @@ def test_every_chart_is_typed_has_tooltips_and_a_scheme_legend(series):
         assert "tooltip" in str(spec), name
         if name not in ("phases", "step_phases"):  # those are coloured by phase
             assert ("scheme", "nominal") in fields, name
-            (scale,) = {str(e["color"]["scale"]) for e in _encodings(spec) if "color" in e}
-            assert "fp32" in scale and "dqsgd" not in scale  # only schemes shown, fixed colours
+            colors = [e["color"] for e in _encodings(spec) if "color" in e]
+            for color in colors:  # every scheme of the page keeps its colour in every chart
+                assert color["scale"] == {"domain": schemes, "scheme": "tableau10"}, name
+                shown = color["legend"]["values"]  # the legend lists only the schemes drawn
+                assert "fp32" in shown and "dqsgd" not in shown, name
 
 
 def _encodings(spec: dict) -> list[dict]:
@@ -188,7 +205,7 @@ def test_scaling_is_the_median_per_scheme_collective_and_world_size():
         ("reduce_scatter", 8): (175, 1),
     }  # fmt: skip  (the running run has no figures yet)
     assert set(table["line"]) == {"qsgd 4-bit allgather", "qsgd 4-bit reduce_scatter"}
-    fields = _fields(charts.scaling_chart(table, "step_ms").to_dict())
+    fields = _fields(scale_charts.scaling_chart(table, "step_ms").to_dict())
     assert ("world_size", "quantitative") in fields and ("collective", "nominal") in fields
 
 
