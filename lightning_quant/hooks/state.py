@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lightning_quant.collectives import AUTO, choose_collective
+from lightning_quant.collectives import AUTO, Collective, choose_collective
 from lightning_quant.hooks.feedback import Layout, ResidualMemory
 from lightning_quant.hooks.groups import Group, mesh_groups, node_mesh, world_group
 from lightning_quant.hooks.pipeline import Pipeline
@@ -114,7 +114,8 @@ class QuantizedCommState:
         # internal state
         self.step = 0
         self.last_grad_norm: float | None = None  # of the previous step's aggregated gradient
-        self.policy = quantizer.make_policy()
+        two_stage = self.collective is Collective.REDUCE_SCATTER
+        self.policy = quantizer.make_policy(workers=reducing.size, two_stage=two_stage)
         self.powersgd: Any = None  # PowerSGDState when running PyTorch's PowerSGD as a peer
         self._param_names: dict[int, str] = {}
         self._plans: dict[int, BucketPlan] = {}  # by bucket index

@@ -10,7 +10,14 @@ Example::
     grad_hat = q.decode(payload)
 """
 
-from lightning_quant.quantizers import dqsgd, floats, global_qsgd, nuqsgd, qsgd  # noqa: F401
+from lightning_quant.quantizers import (  # noqa: F401
+    dqsgd,
+    floats,
+    global_qsgd,
+    global_qsgd_exp,
+    nuqsgd,
+    qsgd,
+)
 from lightning_quant.quantizers.base import (
     Payload,
     Quantizer,

@@ -20,6 +20,7 @@ __all__ = [
     "get_quantizer",
     "quantizer_settings",
     "register_quantizer",
+    "round_stochastically",
 ]
 
 SCALE_DTYPE = torch.float32
@@ -154,8 +155,13 @@ class Quantizer(ABC):
         """Return the most ranks whose payloads a SUM all-reduce adds exactly (None: any)."""
         return None
 
-    def make_policy(self) -> Any:
-        """Return the per-step state this scheme keeps in the hook's state, or ``None``."""
+    def make_policy(self, workers: int = 1, two_stage: bool = False) -> Any:
+        """Return the per-step state this scheme keeps in the hook's state, or ``None``.
+
+        Args:
+            workers: ranks whose payloads are averaged (nodes, on the hierarchical path).
+            two_stage: whether the mean is quantized again (the reduce-scatter path).
+        """
         return None
 
     # --- schemes that declare ALLREDUCE: payloads that add up -----------------------------
@@ -252,3 +258,14 @@ def get_quantizer(name: str, **config: Any) -> Quantizer:
             f"{', '.join(sorted(fields)) or '(none)'}"
         )
     return cls(cls.config_class(**config))
+
+
+def round_stochastically(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Round ``x`` down, or up with probability ``frac(x)``, given uniforms ``noise``.
+
+    Up when ``x + u`` reaches the next integer, tested as ``u >= 1 - frac(x)``: adding in
+    ``float32`` would round ``x + u`` up for ``u`` within an ulp of 1 and move values that
+    lie on a level.
+    """
+    lower = x.floor()
+    return lower.add_((noise >= 1 - (x - lower)).to(x.dtype))

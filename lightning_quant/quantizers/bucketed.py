@@ -29,9 +29,22 @@ import torch
 
 from lightning_quant.packing import pack, packed_nbytes, unpack
 from lightning_quant.quantizers import kernels
-from lightning_quant.quantizers.base import SCALE_DTYPE, Payload, Quantizer, QuantizerConfig
+from lightning_quant.quantizers.base import (
+    SCALE_DTYPE,
+    Payload,
+    Quantizer,
+    QuantizerConfig,
+    round_stochastically,
+)
 
-__all__ = ["BucketConfig", "BucketedQuantizer", "exponential_levels", "uniform_levels"]
+__all__ = [
+    "BucketConfig",
+    "BucketedQuantizer",
+    "exponential_levels",
+    "exponential_values",
+    "round_exponential",
+    "uniform_levels",
+]
 
 MIN_BITS, MAX_BITS = 2, 8
 
@@ -73,16 +86,30 @@ def exponential_levels(bits: int) -> int:
 
 
 class BucketedQuantizer(Quantizer):
-    """Stochastic per-bucket quantizer; subclasses pick the norm and the level set."""
+    """Stochastic per-bucket quantizer; subclasses pick the norm and the level set.
+
+    The level set is uniform (``{0, 1/s, ..., 1}``), or base-1/2 exponential
+    (``exponential``: ``{0, 2**-s, ..., 1}``), both computed in the kernels; or any other
+    ascending table of magnitudes (:meth:`table`) the codes index.
+    """
 
     config_class = BucketConfig
     norm: ClassVar[str] = "l2"  # "l2" or "inf"
-    exponential: ClassVar[bool] = False  # NUQSGD's levels instead of uniform ones
     config: BucketConfig
+
+    @property
+    def exponential(self) -> bool:
+        """Whether the levels are ``{0, 2**-s, ..., 1/2, 1}``."""
+        return False
 
     def levels(self, bits: int) -> int:
         """Return the number of positive levels ``s`` that ``bits`` buys."""
         return exponential_levels(bits) if self.exponential else uniform_levels(bits)
+
+    def table(self, bits: int) -> torch.Tensor | None:
+        """Return the ascending ``float32`` magnitudes the codes index, or ``None`` for the
+        uniform and base-1/2 level sets the kernels compute."""
+        return None
 
     @property
     def alignment(self) -> int:
@@ -120,6 +147,7 @@ class BucketedQuantizer(Quantizer):
             exponential=self.exponential,
             inf_norm=self.norm == "inf",
             generator=generator,
+            table=self.table(bits),
         )
         return self._payload(tensor, data, scales, bits)
 
@@ -138,8 +166,13 @@ class BucketedQuantizer(Quantizer):
         inverse = torch.where(scales > 0, scales.reciprocal(), torch.zeros_like(scales))
         ratio = (rows.abs() * inverse.unsqueeze(1)).nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
         noise = torch.rand(rows.shape, generator=generator, device=rows.device)
-        magnitude = self._round(ratio, self.levels(bits), noise)
-        codes = magnitude | (rows < 0).to(torch.uint8) << (bits - 1)
+        negative = rows < 0
+        table = self.table(bits)
+        if table is None:
+            magnitude = self._round(ratio, self.levels(bits), noise)
+        else:
+            magnitude, negative = _round_table(ratio, negative, table.to(rows.device), noise)
+        codes = magnitude | negative.to(torch.uint8) << (bits - 1)
         return self._payload(tensor, pack(codes.reshape(-1)[:numel], bits), scales, bits)
 
     def decode(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,6 +199,7 @@ class BucketedQuantizer(Quantizer):
             exponential=self.exponential,
             numel=payload.numel,
             out=target,
+            table=self.table(payload.bits),
         )
         return kernels.finish_decode(values, payload, out)
 
@@ -173,7 +207,12 @@ class BucketedQuantizer(Quantizer):
         """Decode with plain torch ops on any device: the reference for the fused kernels."""
         bits, size = payload.bits, self.config.bucket_size
         codes = _bucket_rows(unpack(payload.data, bits, payload.numel), size)
-        magnitude = self._level_values(codes & ((1 << (bits - 1)) - 1), payload.levels)
+        index = codes & ((1 << (bits - 1)) - 1)
+        table = self.table(bits)
+        if table is None:
+            magnitude = self._level_values(index, payload.levels)
+        else:
+            magnitude = table.to(codes.device)[index.long()]
         sign = 1.0 - 2.0 * (codes >> (bits - 1)).float()
         values = magnitude * sign * payload.scales.unsqueeze(1)
         return kernels.finish_decode(values.reshape(-1)[: payload.numel], payload, out)
@@ -211,22 +250,52 @@ class BucketedQuantizer(Quantizer):
 
     def _round(self, ratio: torch.Tensor, s: int, noise: torch.Tensor) -> torch.Tensor:
         """Round ``ratio`` in ``[0, 1]`` to a neighbouring level index, unbiasedly."""
-        if not self.exponential:
-            # floor(x + u) rounds up with probability frac(x): unbiased.
-            return (ratio * s + noise).floor_().clamp_(max=s).to(torch.uint8)
-        # Level j > 0 is 2**(j - s - 1) (j = s + 1 is 1.0); level 0 is 0.
-        top = s + 1
-        lower = (torch.log2(ratio).floor_() + top).clamp_(0, top)
-        low_value = torch.where(lower > 0, torch.exp2(lower - top), torch.zeros_like(ratio))
-        high_value = torch.where(lower > 0, 2 * low_value, torch.full_like(ratio, 2.0**-s))
-        up = noise.mul_(high_value - low_value) < (ratio - low_value)
-        return (lower + up.float()).clamp_(max=top).to(torch.uint8)
+        if self.exponential:
+            return round_exponential(ratio, s, noise)
+        return round_stochastically(ratio * s, noise).clamp_(max=s).to(torch.uint8)
 
     def _level_values(self, index: torch.Tensor, s: int) -> torch.Tensor:
-        if not self.exponential:
-            return index.float() / s
-        index = index.float()
-        return torch.where(index > 0, torch.exp2(index - (s + 1)), torch.zeros_like(index))
+        return exponential_values(index, s) if self.exponential else index.float() / s
+
+
+def round_exponential(ratio: torch.Tensor, s: int, noise: torch.Tensor) -> torch.Tensor:
+    """Round ``ratio`` in ``[0, 1]`` to the index of a neighbouring level of
+    ``{0, 2**-s, ..., 1/2, 1}``, unbiasedly (index ``j > 0`` is ``2**(j - s - 1)``)."""
+    top = s + 1
+    lower = (torch.log2(ratio).floor_() + top).clamp_(0, top)
+    low_value = torch.where(lower > 0, torch.exp2(lower - top), torch.zeros_like(ratio))
+    high_value = torch.where(lower > 0, 2 * low_value, torch.full_like(ratio, 2.0**-s))
+    up = noise.mul_(high_value - low_value) < (ratio - low_value)
+    return (lower + up.float()).clamp_(max=top).to(torch.uint8)
+
+
+def exponential_values(index: torch.Tensor, s: int) -> torch.Tensor:
+    """Return the levels ``{0, 2**-s, ..., 1}`` that :func:`round_exponential`'s indices name."""
+    index = index.float()
+    return torch.where(index > 0, torch.exp2(index - (s + 1)), torch.zeros_like(index))
+
+
+def _round_table(
+    ratio: torch.Tensor, negative: torch.Tensor, table: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round ``ratio`` in ``[0, 1]`` between its neighbours in the ascending ``table``.
+
+    Returns the level indices and the signs: without a zero level, a ratio below
+    ``a = table[0]`` rounds to ``+a`` or ``-a``, up with probability ``(v + a) / (2a)`` for
+    the signed ratio ``v``, so the sign may flip; unbiased either way.
+    """
+    top = table.numel() - 1
+    k = (torch.searchsorted(table, ratio.contiguous(), right=True) - 1).clamp_(0, top)
+    low, high = table[k], table[(k + 1).clamp_(max=top)]
+    up = (noise * (high - low) < ratio - low) & (k < top)
+    index = (k + up).to(torch.uint8)
+    smallest = table[0]
+    crossing = ratio < smallest  # never, with a zero level
+    signed = torch.where(negative, -ratio, ratio)
+    plus = noise * (2 * smallest) < signed + smallest
+    return torch.where(crossing, torch.zeros_like(index), index), torch.where(
+        crossing, ~plus, negative
+    )
 
 
 def _bucket_rows(flat: torch.Tensor, size: int) -> torch.Tensor:

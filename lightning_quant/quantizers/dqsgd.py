@@ -22,6 +22,26 @@ steps is bounded by a contraction term plus ``sum_t (1 - mu eta)^(T-1-t) * V_t``
 so larger gradients and later steps (whose noise decays less before the end) get more
 levels. ``||g_t||`` must be the same on every rank: the DDP hook feeds the norm of the
 previous step's aggregated gradient.
+
+With ``n`` workers the error that reaches the model is that of the aggregate, so ``V_t``
+is the aggregate's variance, and the same Lagrange argument gives every step the same
+share again, with ``V_t`` scaled by a factor ``kappa``::
+
+    s_t = ||g_t|| * sqrt(kappa * T * d * (1 - mu eta)^(T-1-t) / (4 epsilon))
+
+* one stage (all-gather: the mean of ``n`` independent quantizations of gradients of
+  about ``||g_t||`` each): the variance is divided by ``n``, ``kappa = 1/n``;
+* two stages (the re-quantizing reduce-scatter): the mean is rounded once more, adding
+  ``b ||m||^2`` to ``(b + b^2)/n^2 sum_i ||g_i||^2`` (see :mod:`lightning_quant.hooks.paths`),
+  so ``kappa = 1 + 1/n``, the ``b^2`` term dropped (it matters only where one step's
+  error is as large as the gradient itself).
+
+One worker and one stage is ``kappa = 1``, the formula above. ``epsilon`` keeps its
+meaning: the budget for the quantization error of the updates the model really takes.
+Using ``||g_t||`` of the aggregate for each worker's gradient understates the workers'
+norms (their gradients are noisier than the mean), so the rule errs towards fewer bits.
+On the hierarchical path ``n`` is the number of nodes: inside a node nothing is
+quantized.
 """
 
 from __future__ import annotations
@@ -87,13 +107,19 @@ class DQSGDPolicy:
 
     Example::
 
-        policy = DQSGDPolicy(q.config)
+        policy = DQSGDPolicy(q.config, workers=4, two_stage=True)
         bits = policy.choose(grad_norm)   # once per optimizer step, same norm on all ranks
         payload = q.encode(bucket, generator, bits=bits)
     """
 
-    def __init__(self, config: DQSGDConfig) -> None:
+    def __init__(self, config: DQSGDConfig, workers: int = 1, two_stage: bool = False) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.config = config
+        self.workers = workers
+        self.two_stage = two_stage
+        # the aggregate's variance over one worker's (module docstring)
+        self.kappa = 1.0 + 1.0 / workers if two_stage else 1.0 / workers
         self.step = 0
         self.bits = config.bits
         self.widths: dict[int, int] = {}  # steps taken at each width (bounded, unlike a log)
@@ -103,7 +129,8 @@ class DQSGDPolicy:
         c = self.config
         remaining = max(c.total_steps - 1 - step, 0)
         decay = (1.0 - c.mu * c.lr) ** remaining
-        return grad_norm * math.sqrt(c.total_steps * c.bucket_size * decay / (4 * c.target_error))
+        budget = self.kappa * c.total_steps * c.bucket_size * decay / (4 * c.target_error)
+        return grad_norm * math.sqrt(budget)
 
     def bits_for(self, grad_norm: float, step: int) -> int:
         """Return the width the rule gives for ``grad_norm`` at ``step``, clipped."""
@@ -144,6 +171,6 @@ class DQSGD(BucketedQuantizer):
     config_class = DQSGDConfig
     config: DQSGDConfig
 
-    def make_policy(self) -> DQSGDPolicy:
+    def make_policy(self, workers: int = 1, two_stage: bool = False) -> DQSGDPolicy:
         """Return a fresh policy for a training run: the hook asks it for every step's width."""
-        return DQSGDPolicy(self.config)
+        return DQSGDPolicy(self.config, workers, two_stage)

@@ -39,9 +39,16 @@ from lightning_quant.quantizers.base import (
     Quantizer,
     QuantizerConfig,
     register_quantizer,
+    round_stochastically,
 )
 
-__all__ = ["GlobalQSGD", "GlobalQSGDConfig", "max_world_size", "worker_levels"]
+__all__ = [
+    "GlobalQSGD",
+    "GlobalQSGDConfig",
+    "max_world_size",
+    "SharedScaleQuantizer",
+    "worker_levels",
+]
 
 LANE_BITS = (2, 4, 8)
 
@@ -83,8 +90,53 @@ def worker_levels(bits: int, world_size: int) -> int:
     return (2**bits - 1) // (2 * world_size)
 
 
+class SharedScaleQuantizer(Quantizer):
+    """A codec of ``bits``-wide codes against one scale every rank shares: its payload is
+    the packed codes and that ``float32`` scale."""
+
+    shared_scale = True
+
+    def wire_nbytes(self, numel: int, bits: int | None = None) -> int:
+        return packed_nbytes(numel, self._bits(bits)) + SCALE_DTYPE.itemsize
+
+    def _bits(self, bits: int | None) -> int:
+        width = self.bits
+        if bits is not None and bits != width:
+            raise ValueError(f"{self.name} codes are {width} bits wide, not {bits}")
+        return width
+
+    def _flatten(
+        self, tensor: torch.Tensor, scale: float | torch.Tensor | None, fused: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``tensor`` flat in ``float32``, the scale as a 1-element ``float32``
+        tensor (default: ``max |tensor|``, NaN and Inf included), and its inverse (0 for a
+        zero scale)."""
+        if not tensor.is_floating_point():
+            raise TypeError(f"{self.name} encodes floating-point tensors, got {tensor.dtype}")
+        flat = tensor.detach().reshape(-1).float()
+        if scale is None and fused:
+            scale = kernels.max_abs(flat)
+        elif scale is None:
+            scale = flat.abs().amax() if flat.numel() else flat.new_zeros(())
+        scale = torch.as_tensor(scale, dtype=SCALE_DTYPE, device=flat.device).reshape(1)
+        return flat, scale, torch.where(scale > 0, scale.reciprocal(), torch.zeros_like(scale))
+
+    def _payload(
+        self, tensor: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, levels: int
+    ) -> Payload:
+        return Payload(
+            data=data,
+            scales=scale,
+            shape=tensor.shape,
+            numel=tensor.numel(),
+            dtype=tensor.dtype,
+            bits=self.bits,
+            levels=levels,
+        )
+
+
 @register_quantizer("global_qsgd")
-class GlobalQSGD(Quantizer):
+class GlobalQSGD(SharedScaleQuantizer):
     """Global-QSGD with standard (linear) dithering against a shared scale.
 
     Up to :meth:`allreduce_limit` ranks, payloads from :meth:`encode_summable` add up in a
@@ -102,11 +154,7 @@ class GlobalQSGD(Quantizer):
 
     config_class = GlobalQSGDConfig
     collectives = (Collective.ALLREDUCE, Collective.REDUCE_SCATTER)
-    shared_scale = True
     config: GlobalQSGDConfig
-
-    def wire_nbytes(self, numel: int, bits: int | None = None) -> int:
-        return packed_nbytes(numel, self._bits(bits)) + SCALE_DTYPE.itemsize
 
     def allreduce_limit(self) -> int:
         return max_world_size(self.config.bits)
@@ -159,11 +207,6 @@ class GlobalQSGD(Quantizer):
         """Quantize with plain torch ops on any device: the reference for the fused kernels."""
         return self._encode(tensor, generator, scale, world_size, fused=False)
 
-    def _bits(self, bits: int | None) -> int:
-        if bits is not None and bits != self.config.bits:
-            raise ValueError(f"global_qsgd lanes are {self.config.bits} bits wide, not {bits}")
-        return self.config.bits
-
     def _encode(
         self,
         tensor: torch.Tensor,
@@ -172,17 +215,9 @@ class GlobalQSGD(Quantizer):
         world_size: int,
         fused: bool,
     ) -> Payload:
-        if not tensor.is_floating_point():
-            raise TypeError(f"global_qsgd encodes floating-point tensors, got {tensor.dtype}")
+        flat, scale, inverse = self._flatten(tensor, scale, fused)
         bits = self.config.bits
         s = worker_levels(bits, world_size)
-        flat = tensor.detach().reshape(-1).float()
-        if scale is None and fused:
-            scale = kernels.max_abs(flat)
-        elif scale is None:
-            scale = flat.abs().amax() if flat.numel() else flat.new_zeros(())
-        scale = torch.as_tensor(scale, dtype=SCALE_DTYPE, device=flat.device).reshape(1)
-        inverse = torch.where(scale > 0, scale.reciprocal(), torch.zeros_like(scale))
         if fused:
             data = kernels.encode_shared(
                 flat, bits=bits, levels=s, inverse=inverse.item(), generator=generator
@@ -190,16 +225,9 @@ class GlobalQSGD(Quantizer):
         else:
             ratio = (flat * inverse).nan_to_num_(nan=0.0).clamp_(-1.0, 1.0)
             noise = torch.rand(flat.shape, generator=generator, device=flat.device)
-            data = pack((ratio * s + noise).floor_().add_(s).to(torch.uint8), bits)
-        return Payload(
-            data=data,
-            scales=scale,
-            shape=tensor.shape,
-            numel=tensor.numel(),
-            dtype=tensor.dtype,
-            bits=bits,
-            levels=s,
-        )
+            lanes = round_stochastically(ratio * s, noise).add_(s)
+            data = pack(lanes.to(torch.uint8), bits)
+        return self._payload(tensor, data, scale, s)
 
     def summed(self, payload: Payload, data: torch.Tensor, summands: int) -> Payload:
         """Return ``payload``'s layout holding ``data``, the lane sum of ``summands`` workers."""

@@ -64,6 +64,7 @@ def _train(config: dict, many_buckets: bool, steps: int, device: str = "cpu") ->
         "numels": numels,
         "shapes": shapes,
         "collective": state.collective,
+        "kappa": state.policy.kappa if state.policy is not None else None,
     }
 
 

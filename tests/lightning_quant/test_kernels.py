@@ -6,16 +6,17 @@ random stream; the kernels' stream must keep the rounding unbiased and independe
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from lightning_quant.packing import pack, unpack
 from lightning_quant.quantizers import get_quantizer, kernels
 from lightning_quant.quantizers.kernels import _cpu
+from tests.utils.schemes import BUCKETED, SHARED_SCALE, make
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba kernels unavailable")
 
-BUCKETED = ["qsgd", "qsgd_inf", "nuqsgd", "dqsgd"]
 # bucket sizes: fused tasks (512, odd 7, 100), tasks of several buckets, and buckets larger
 # than a task (two-pass path, with pieces).
 BUCKET_SIZES = [512, 7, 100, 40_000, 2 * _cpu.PIECE + 3]
@@ -26,7 +27,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 def both(name: str, x: torch.Tensor, seed: int = 0, **config):
-    q = get_quantizer(name, **config)
+    q = make(name, **config)
     return q, q.encode(x, gen(seed)), q.encode_eager(x, gen(seed))
 
 
@@ -54,14 +55,18 @@ def test_either_payload_decodes_identically_on_either_path(name: str, bits: int)
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 def test_values_on_levels_give_the_eager_payload_exactly(bits: int) -> None:
-    # NUQSGD: a bucket of norm 2 holding 1 and 0.5 (levels 1/2 and 1/4, from 3 bits on),
-    # and a bucket with one nonzero (level 1).
+    # NUQSGD at base 1/2 (the kernels' own levels): a bucket of norm 2 holding 1 and 0.5
+    # (levels 1/2 and 1/4, from 3 bits on), and a bucket with one nonzero (level 1). At base
+    # 1/4 (a table): a bucket of sixteen ones (norm 4, level 1/4).
     halves = torch.tensor([1.0] * 3 + [0.5] * 4 + [0.0] * 9)
+    quarters = torch.ones(16)
     single = torch.tensor([0.0] * 5 + [3.0] + [0.0] * 10)
-    x = torch.cat([halves, single] if bits > 2 else [single, single]).repeat(32)
-    x *= torch.where(torch.rand(x.numel(), generator=gen()) < 0.5, -1.0, 1.0)
-    _, fast, eager = both("nuqsgd", x, seed=1, bits=bits, bucket_size=16)
-    assert torch.equal(fast.scales, eager.scales) and torch.equal(fast.data, eager.data)
+    for base, bucket in ((0.5, halves), (0.25, quarters)):
+        x = torch.cat([bucket, single] if bits > 2 else [single, single]).repeat(32)
+        x *= torch.where(torch.rand(x.numel(), generator=gen()) < 0.5, -1.0, 1.0)
+        q, fast, eager = both("nuqsgd", x, seed=1, bits=bits, bucket_size=16, base=base)
+        assert (q.table(bits) is None) == (base == 0.5)
+        assert torch.equal(fast.scales, eager.scales) and torch.equal(fast.data, eager.data)
     # Uniform levels: 0 and the full scale are exact (clamped) for any noise.
     y = torch.zeros(1000)
     y[::7] = 3.0
@@ -71,8 +76,8 @@ def test_values_on_levels_give_the_eager_payload_exactly(bits: int) -> None:
         assert torch.equal(fast.data, eager.data) and torch.equal(fast.scales, eager.scales)
 
 
-@pytest.mark.parametrize("name", ["qsgd", "qsgd_inf", "nuqsgd"])
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("name", ["qsgd", "qsgd_inf", "nuqsgd", "nuqsgd_reference"])
+@pytest.mark.parametrize("bits", [2, 4, 6, 8])
 def test_fast_codes_are_a_neighbouring_level_with_the_right_sign(name: str, bits: int) -> None:
     x = torch.randn(4099, generator=gen(bits))
     q, fast, eager = both(name, x, bits=bits, bucket_size=64)
@@ -82,6 +87,12 @@ def test_fast_codes_are_a_neighbouring_level_with_the_right_sign(name: str, bits
     assert ((a & mask) - (b & mask)).abs().max() <= 1
     nonzero = (a & mask) > 0
     assert torch.equal((a >> (bits - 1))[nonzero].bool(), x[nonzero] < 0)
+
+
+def test_table_levels_must_be_a_step_apart_for_the_guide() -> None:
+    assert _cpu.lookup(np.array([0.0, 0.5, 0.51, 1.0]))[1].dtype == np.uint8
+    with pytest.raises(ValueError, match="1/128 apart"):
+        _cpu.lookup(np.array([0.0, 0.5, 0.501, 1.0]))
 
 
 def test_packing_is_packing_py_layout() -> None:
@@ -132,13 +143,14 @@ def test_global_qsgd_matches_the_eager_layout() -> None:
 @pytest.mark.parametrize(
     ("name", "bits"),
     [(name, bits) for name in ("qsgd", "qsgd_inf", "nuqsgd") for bits in (2, 3, 4)]
-    + [("global_qsgd", 2), ("global_qsgd", 4)],
+    + [(name, bits) for name in SHARED_SCALE for bits in (2, 4)]
+    + [("global_qsgd_exp", 3), ("global_qsgd_exp", 8)],
 )
 def test_fast_path_is_unbiased(name: str, bits: int) -> None:
     v = torch.randn(200, generator=gen(bits)) * torch.rand(200, generator=gen(bits + 1)) * 3
     repeats = 1000
-    config = {"bits": bits} if name == "global_qsgd" else {"bits": bits, "bucket_size": 50}
-    q = get_quantizer(name, **config)
+    config = {"bits": bits} if name in SHARED_SCALE else {"bits": bits, "bucket_size": 50}
+    q = make(name, **config)
     assert kernels.supports(v)
     samples = q.decode(q.encode(v.repeat(repeats), gen(7))).view(repeats, -1).double()
     mean, se = samples.mean(0), samples.std(0) / math.sqrt(repeats)
@@ -153,7 +165,7 @@ def test_fast_path_is_unbiased(name: str, bits: int) -> None:
 def test_fast_path_variance_within_the_bound(name: str, bits: int) -> None:
     d, draws = 128, 500
     v = torch.randn(d, generator=gen(bits)) / torch.rand(d, generator=gen(bits + 9)).sqrt()
-    q = get_quantizer(name, bits=bits, bucket_size=d)
+    q = make(name, bits=bits, bucket_size=d)
     samples = q.decode(q.encode(v.repeat(draws), gen(3))).view(draws, -1)
     relative = ((samples - v).pow(2).sum(1).mean() / v.pow(2).sum()).item()
     if name == "qsgd":  # QSGD's bound (Alistarh et al.)
@@ -222,11 +234,11 @@ def test_generator_state_fixes_the_payload_and_thread_count_does_not_matter() ->
 # --- edge cases ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [*BUCKETED, "global_qsgd"])
+@pytest.mark.parametrize("name", [*BUCKETED, *SHARED_SCALE])
 @pytest.mark.parametrize("numel", [0, 1, 2, 7, 8, 9, 511, 513, 70_001])
 def test_lengths_round_trip_with_the_wire_size(name: str, numel: int) -> None:
-    config = {"bits": 4} if name == "global_qsgd" else {"bits": 4, "bucket_size": 512}
-    q = get_quantizer(name, **config)
+    config = {"bits": 4} if name in SHARED_SCALE else {"bits": 4, "bucket_size": 512}
+    q = make(name, **config)
     x = torch.randn(numel, generator=gen(numel))
     payload = q.encode(x, gen())
     assert payload.nbytes == q.wire_nbytes(numel)
@@ -237,12 +249,13 @@ def test_lengths_round_trip_with_the_wire_size(name: str, numel: int) -> None:
 
 @pytest.mark.parametrize(
     ("name", "size"),
-    [(name, size) for name in BUCKETED for size in (512, 7, 40_000)] + [("global_qsgd", 0)],
+    [(name, size) for name in BUCKETED for size in (512, 7, 40_000)]
+    + [(name, 0) for name in SHARED_SCALE],
 )
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_buckets_match_the_eager_path(name: str, size: int, bad: float) -> None:
-    config = {"bits": 4} if name == "global_qsgd" else {"bits": 4, "bucket_size": size}
-    q = get_quantizer(name, **config)
+    config = {"bits": 4} if name in SHARED_SCALE else {"bits": 4, "bucket_size": size}
+    q = make(name, **config)
     x = torch.randn(100_000, generator=gen())
     x[[3, 50_000, 99_999]] = bad
     fast, eager = q.decode(q.encode(x, gen())), q.decode_eager(q.encode_eager(x, gen()))
@@ -252,9 +265,9 @@ def test_non_finite_buckets_match_the_eager_path(name: str, size: int, bad: floa
     assert torch.equal(scales.isnan(), q.encode_eager(x, gen()).scales.isnan())
 
 
-@pytest.mark.parametrize("name", [*BUCKETED, "global_qsgd"])
+@pytest.mark.parametrize("name", [*BUCKETED, *SHARED_SCALE])
 def test_zeros_decode_to_exact_zeros_and_huge_values_stay_finite(name: str) -> None:
-    q = get_quantizer(name)
+    q = make(name)
     x = torch.randn(5000, generator=gen())
     x[1024:2048] = 0.0
     y = q.decode(q.encode(x, gen()))
@@ -265,9 +278,9 @@ def test_zeros_decode_to_exact_zeros_and_huge_values_stay_finite(name: str) -> N
     assert torch.equal(fast.scales, eager.scales)
 
 
-@pytest.mark.parametrize("name", ["qsgd", "nuqsgd", "global_qsgd"])
+@pytest.mark.parametrize("name", ["qsgd", "nuqsgd", *SHARED_SCALE])
 def test_decode_into_out_writes_in_place(name: str) -> None:
-    q = get_quantizer(name, bits=4)
+    q = make(name, bits=4)
     x = torch.randn(4, 1000, generator=gen())
     payload = q.encode(x, gen())
     expected = q.decode(payload)
@@ -284,5 +297,5 @@ def test_one_bucket_larger_than_the_tensor_costs_no_memory_for_empty_pieces() ->
     # The eager path would pad to the bucket size; the kernels only touch real elements.
     x = torch.randn(100_003, generator=gen())
     for name, norm in (("qsgd", x.double().norm()), ("qsgd_inf", x.abs().max())):
-        payload = get_quantizer(name, bits=4, bucket_size=10**12).encode(x, gen())
+        payload = make(name, bits=4, bucket_size=10**12).encode(x, gen())
         assert payload.scales.tolist() == [pytest.approx(norm.item(), rel=1e-7)]

@@ -1,15 +1,17 @@
+import itertools
 import math
 
 import pytest
 import torch
 
+from lightning_quant.packing import unpack
 from lightning_quant.quantizers import available_quantizers, get_quantizer
 from lightning_quant.quantizers.bucketed import exponential_levels, uniform_levels
 from lightning_quant.quantizers.dqsgd import DQSGDPolicy
 from lightning_quant.quantizers.global_qsgd import max_world_size, worker_levels
+from lightning_quant.quantizers.nuqsgd import DEFAULT_BASES, magnitudes
+from tests.utils.schemes import ALL, BUCKETED, SHARED_SCALE, STOCHASTIC, VARIANTS, make
 
-STOCHASTIC = ["qsgd", "qsgd_inf", "nuqsgd", "dqsgd", "global_qsgd"]
-BUCKETED = ["qsgd", "qsgd_inf", "nuqsgd", "dqsgd"]
 FLOATS = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
@@ -25,15 +27,16 @@ def vectors(kind: str, d: int, seed: int = 0) -> torch.Tensor:
 
 def draws(name: str, v: torch.Tensor, repeats: int, bits: int, bucket: int) -> torch.Tensor:
     """Decode `repeats` independent quantizations of v (v tiled, one bucket grid per copy)."""
-    config = {"bits": bits} if name == "global_qsgd" else {"bits": bits, "bucket_size": bucket}
-    q = get_quantizer(name, **config)
+    config = {"bits": bits} if name in SHARED_SCALE else {"bits": bits, "bucket_size": bucket}
+    q = make(name, **config)
     gen = torch.Generator().manual_seed(1234)
     out = q.decode(q.encode(v.repeat(repeats), gen))
     return out.view(repeats, -1)
 
 
 def test_registry_lists_every_scheme() -> None:
-    assert set(available_quantizers()) >= set(STOCHASTIC) | set(FLOATS)
+    registered = {name for name in STOCHASTIC if name not in VARIANTS}
+    assert set(available_quantizers()) >= registered | set(FLOATS)
 
 
 def test_unknown_scheme_lists_the_available_names() -> None:
@@ -47,6 +50,8 @@ def test_unknown_scheme_lists_the_available_names() -> None:
         ("qsgd", {"bits": 0}, "bits must be an integer from 2 to 8"),
         ("qsgd", {"bits": 9}, "bits must be an integer from 2 to 8"),
         ("nuqsgd", {"bucket_size": 0}, "bucket_size must be a positive integer"),
+        ("nuqsgd", {"levels": "authors"}, "levels must be one of"),
+        ("nuqsgd", {"base": 1.0}, r"base must lie in \(0, 0.99\]"),
         ("qsgd", {"bitz": 4}, "has no setting bitz"),
         ("global_qsgd", {"bits": 3}, "one of"),
         ("dqsgd", {"min_bits": 6, "max_bits": 4}, "must not exceed"),
@@ -66,18 +71,21 @@ def test_levels_per_width() -> None:
 
 @pytest.mark.parametrize("name", STOCHASTIC)
 @pytest.mark.parametrize("kind", ["gaussian", "heavy"])
-@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_unbiased(name: str, kind: str, bits: int) -> None:
+    if name == "global_qsgd" and bits == 3:
+        pytest.skip("global_qsgd's lanes tile a byte: 2, 4 or 8 bits")
     v = vectors(kind, 256, seed=bits)
     samples = draws(name, v, repeats=2000, bits=bits, bucket=64).double()
     mean, se = samples.mean(0), samples.std(0) / math.sqrt(samples.shape[0])
     err = (mean - v.double()).abs()
-    # Jointly: squared errors add up to what the sampling variance predicts (chi-square,
-    # 256 degrees of freedom: 1.5x its mean is over 5 standard deviations away).
-    assert (err**2).sum() <= 1.5 * (se**2).sum()
-    # Coordinate by coordinate, wherever the draws varied at all.
-    varied = se > 0
+    varied = se > 0  # wherever the draws varied at all
     z = err[varied] / se[varied]
+    # Jointly: the squared z-scores add up to a chi-square with one degree of freedom per
+    # coordinate (about 256: 1.5x its mean is over 5 standard deviations away). Weighing
+    # each coordinate by its own spread keeps a few wide ones from dominating.
+    assert (z**2).mean() <= 1.5
+    # Coordinate by coordinate.
     assert torch.all(z <= 6), f"max z = {z.max():.2f}"
 
 
@@ -98,6 +106,37 @@ def measured_variance(name: str, bits: int, v: torch.Tensor, bucket: int = 512) 
     return (samples - v).pow(2).sum(1).mean().item() / v.pow(2).sum().item()
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "heavy"])
+def test_nuqsgd_default_variance_is_at_most_qsgds_at_every_width(kind: str) -> None:
+    v = vectors(kind, 2048, seed=6)
+    for bits in range(2, 9):
+        qsgd, nuqsgd = (measured_variance(name, bits, v) for name in ("qsgd", "nuqsgd"))
+        # At 2 bits both level sets are {0, 1}: equal up to sampling noise.
+        assert nuqsgd <= qsgd * (1.05 if bits == 2 else 0.9), (bits, nuqsgd, qsgd)
+
+
+def test_nuqsgd_layouts() -> None:
+    assert magnitudes(4, 0.5).tolist() == [0.0, 2**-6, 2**-5, 2**-4, 2**-3, 2**-2, 0.5, 1.0]
+    assert magnitudes(3, 0.1, "reference").tolist() == pytest.approx([1e-3, 1e-2, 0.1, 1.0])
+    # Base 1/2 in the paper's layout is computed by the kernels, any other base is a table.
+    assert get_quantizer("nuqsgd", bits=4).table(4) is None
+    assert torch.equal(get_quantizer("nuqsgd", bits=8).table(8), magnitudes(8, 0.95))
+    reference = get_quantizer("nuqsgd", bits=2, levels="reference")
+    assert reference.table(2).tolist() == pytest.approx([0.1, 1.0])
+    assert DEFAULT_BASES["reference"][8] == 0.95  # the authors' choice at 8 bits
+
+
+def test_nuqsgd_reference_layout_has_no_zero_level() -> None:
+    # A bucket of one large and many tiny values: the tiny ones round to +-a, never to 0.
+    x = torch.full((512,), 1e-6)
+    x[0] = 1.0
+    q = get_quantizer("nuqsgd", bits=2, levels="reference")
+    y = q.decode(q.encode(x.repeat(200), torch.Generator().manual_seed(0))).view(200, -1)
+    a = 0.1 * x.norm().item()
+    assert torch.allclose(y[:, 1:].abs(), torch.full_like(y[:, 1:], a))
+    assert abs(y[:, 1:].mean().item() - 1e-6) < 5 * a / math.sqrt(y[:, 1:].numel())
+
+
 def test_nuqsgd_and_qsgd_inf_beat_qsgd_at_4_bits() -> None:
     v = vectors("gaussian", 4096, seed=5)
     qsgd = measured_variance("qsgd", 4, v)
@@ -109,7 +148,7 @@ def test_nuqsgd_and_qsgd_inf_beat_qsgd_at_4_bits() -> None:
 @pytest.mark.parametrize("numel", [0, 1, 7, 511, 512, 513, 1025, 3001])
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
 def test_wire_size_formula_bucketed(name: str, numel: int, bits: int) -> None:
-    q = get_quantizer(name, bits=bits, bucket_size=512)
+    q = make(name, bits=bits, bucket_size=512)
     payload = q.encode(torch.randn(numel))
     expected = math.ceil(numel * bits / 8) + 4 * math.ceil(numel / 512)
     assert payload.nbytes == q.wire_nbytes(numel) == expected
@@ -127,16 +166,16 @@ def test_wire_size_formula_global(numel: int, bits: int) -> None:
 @pytest.mark.parametrize(("name", "itemsize"), FLOATS.items())
 @pytest.mark.parametrize("numel", [0, 1, 513])
 def test_wire_size_floats(name: str, itemsize: int, numel: int) -> None:
-    q = get_quantizer(name)
+    q = make(name)
     assert q.encode(torch.randn(numel)).nbytes == q.wire_nbytes(numel) == numel * itemsize
 
 
-@pytest.mark.parametrize("name", available_quantizers())
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(), (0,), (1,), (3, 5), (2, 3, 257), (1000,)])
 def test_every_dtype_and_shape_round_trips(name: str, dtype, shape) -> None:
     x = torch.randn(shape).to(dtype)
-    q = get_quantizer(name)
+    q = make(name)
     payload = q.encode(x, torch.Generator().manual_seed(0))
     y = q.decode(payload)
     assert y.shape == x.shape and y.dtype == x.dtype
@@ -147,28 +186,28 @@ def test_every_dtype_and_shape_round_trips(name: str, dtype, shape) -> None:
         )
 
 
-@pytest.mark.parametrize("name", available_quantizers())
+@pytest.mark.parametrize("name", ALL)
 def test_payload_survives_the_wire(name: str) -> None:
-    q = get_quantizer(name)
+    q = make(name)
     x = torch.randn(1500)
     payload = q.encode(x, torch.Generator().manual_seed(0))
     received = payload.read_wire(payload.to_wire().clone())
     assert torch.equal(q.decode(received), q.decode(payload))
 
 
-@pytest.mark.parametrize("name", available_quantizers())
+@pytest.mark.parametrize("name", ALL)
 def test_all_zero_buckets_decode_to_exact_zeros(name: str) -> None:
-    q = get_quantizer(name)
+    q = make(name)
     y = q.decode(q.encode(torch.zeros(1030)))
     assert torch.equal(y, torch.zeros(1030))
 
 
-@pytest.mark.parametrize("name", available_quantizers())
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_input_is_never_made_finite(name: str, bad: float) -> None:
     x = torch.randn(2048)
     x[700] = bad
-    q = get_quantizer(name)
+    q = make(name)
     y = q.decode(q.encode(x, torch.Generator().manual_seed(0)))
     assert not torch.isfinite(y[700])
     if name in BUCKETED:  # only the bucket holding it is touched
@@ -176,9 +215,9 @@ def test_non_finite_input_is_never_made_finite(name: str, bad: float) -> None:
 
 
 def test_non_floating_input_is_refused() -> None:
-    for name in available_quantizers():
+    for name in ALL:
         with pytest.raises(TypeError, match="floating-point"):
-            get_quantizer(name).encode(torch.arange(10))
+            make(name).encode(torch.arange(10))
 
 
 def test_generator_makes_encoding_reproducible() -> None:
@@ -213,6 +252,18 @@ def test_global_qsgd_never_overflows_at_the_extremes(bits: int) -> None:
             assert torch.allclose(mean, x), (n, sign)
 
 
+@pytest.mark.parametrize("eager", [False, True])
+def test_global_qsgd_lanes_stay_in_range_for_noise_near_one(eager: bool) -> None:
+    # In float32 -63 + u rounds to -62 for u within 2**-19 of 1: a few of 4M draws.
+    q = get_quantizer("global_qsgd", bits=8)
+    for sign in (1.0, -1.0):
+        x = torch.full((1 << 22,), sign)
+        encode = q.encode_eager if eager else q.encode_summable
+        payload = encode(x, torch.Generator().manual_seed(0), world_size=2, scale=1.0)
+        lanes = unpack(payload.data, 8, x.numel())
+        assert torch.all(lanes == (126 if sign > 0 else 0))
+
+
 def test_global_qsgd_refuses_a_world_size_it_cannot_hold() -> None:
     q = get_quantizer("global_qsgd", bits=4)
     assert max_world_size(4) == 7 and max_world_size(8) == 127
@@ -237,6 +288,46 @@ def test_global_qsgd_sum_is_an_unbiased_mean(bits: int, n: int) -> None:
     assert torch.all((mean.mean(0) - target).abs() <= 5 * se + 1e-6)
 
 
+# --- Global-QSGD with exponential dithering ----------------------------------------------
+
+
+@pytest.mark.parametrize(("bits", "exponents"), [(2, 1), (3, 3), (4, 7), (8, 127)])
+def test_global_qsgd_exp_codes_are_zero_or_signed_powers_of_two(bits: int, exponents: int):
+    q = get_quantizer("global_qsgd_exp", bits=bits)
+    assert q.exponents == exponents
+    x = vectors("heavy", 4096, seed=bits)
+    scale = 2 * x.abs().max()
+    y = q.decode(q.encode(x, torch.Generator().manual_seed(0), scale=scale)) / scale
+    powers = torch.tensor([0.0] + [2.0**-j for j in range(exponents)])
+    assert torch.isin(y.abs(), powers).all()
+    assert torch.equal(torch.sign(y)[y != 0], torch.sign(x)[y != 0])
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "heavy"])
+def test_global_qsgd_exp_variance_beside_linear_dithering(kind: str) -> None:
+    # Exponential levels bound the error relative to each value (1/8 of ||v||^2 between
+    # powers of two, plus what rounds below 2**-s of the scale); linear levels bound it
+    # relative to the scale. So exponential wins on heavy tails at few bits, and linear
+    # at 8 bits, where 127 even steps beat powers of two.
+    v = vectors(kind, 2048, seed=6)
+    scale = v.abs().max()
+    measured = {}
+    for name, bits in itertools.product(SHARED_SCALE, (4, 8)):
+        q = get_quantizer(name, bits=bits)
+        samples = q.decode(q.encode(v.repeat(200), torch.Generator().manual_seed(1), scale=scale))
+        error = (samples.view(200, -1) - v).pow(2).sum(1).mean() / v.pow(2).sum()
+        measured[name, bits] = error.item()
+    for bits in (4, 8):
+        s = 2 ** (bits - 1) - 2
+        tail = 2.0**-s * (scale * v.abs().sum() / v.pow(2).sum()).item()
+        assert measured["global_qsgd_exp", bits] <= 1 / 8 + tail
+        linear = v.numel() * (scale / (2 ** (bits - 1) - 1)).item() ** 2 / 4
+        assert measured["global_qsgd", bits] <= linear / v.pow(2).sum().item()
+    assert measured["global_qsgd", 8] < measured["global_qsgd_exp", 8]
+    if kind == "heavy":
+        assert measured["global_qsgd_exp", 4] < measured["global_qsgd", 4] / 3
+
+
 # --- DQ-SGD ------------------------------------------------------------------------------
 
 
@@ -251,11 +342,13 @@ def test_dqsgd_bits_grow_with_gradient_norm_and_step() -> None:
 
 def test_dqsgd_rule_matches_its_closed_form() -> None:
     c = get_quantizer("dqsgd", bucket_size=256, total_steps=40, target_error=2.0, lr=0.05, mu=1.0)
-    policy = c.make_policy()
     norm, step = 0.3, 10
-    s = norm * math.sqrt(40 * 256 * (1 - 0.05) ** (40 - 1 - step) / (4 * 2.0))
-    assert policy.levels_for(norm, step) == pytest.approx(s)
-    assert policy.bits_for(norm, step) == min(8, max(2, 1 + math.ceil(math.log2(s + 1))))
+    # kappa: one worker; the mean of n = 4 (variance / n); and two stages (1 + 1/n)
+    for (workers, two_stage), kappa in {(1, False): 1, (4, False): 0.25, (4, True): 1.25}.items():
+        policy = c.make_policy(workers=workers, two_stage=two_stage)
+        s = norm * math.sqrt(kappa * 40 * 256 * (1 - 0.05) ** (40 - 1 - step) / (4 * 2.0))
+        assert policy.levels_for(norm, step) == pytest.approx(s)
+        assert policy.bits_for(norm, step) == min(8, max(2, 1 + math.ceil(math.log2(s + 1))))
 
 
 def test_dqsgd_policy_state_round_trips() -> None:
@@ -278,9 +371,9 @@ def test_dqsgd_encodes_at_the_chosen_width() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", available_quantizers())
+@pytest.mark.parametrize("name", ALL)
 def test_codecs_on_cuda(name: str) -> None:
-    q = get_quantizer(name)
+    q = make(name)
     x = torch.randn(100_003, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(0)
     payload = q.encode(x, gen)
@@ -290,9 +383,9 @@ def test_codecs_on_cuda(name: str) -> None:
     assert (y - x).norm() <= 2 * x.norm()
 
 
-@pytest.mark.parametrize("name", available_quantizers())
+@pytest.mark.parametrize("name", ALL)
 def test_decode_into_a_given_tensor(name: str) -> None:
-    q = get_quantizer(name)
+    q = make(name)
     payload = q.encode(torch.randn(1500), torch.Generator().manual_seed(0))
     out = torch.empty(1500)
     assert q.decode(payload, out=out) is out

@@ -48,7 +48,7 @@ def choose(name: str, requested: str, n: int, **settings) -> Collective:
     return choose_collective(name, q.collectives, requested, n, q.allreduce_limit())
 
 
-@pytest.mark.parametrize("name", ["qsgd", "qsgd_inf", "nuqsgd", "dqsgd"])
+@pytest.mark.parametrize("name", ["qsgd", "qsgd_inf", "nuqsgd", "dqsgd", "global_qsgd_exp"])
 def test_auto_gathers_at_two_ranks_and_scatters_from_three(name):
     assert choose(name, "auto", 2) is Collective.ALLGATHER
     for n in (3, 4, 8, 16):
@@ -74,6 +74,7 @@ def test_auto_sums_floats_and_global_qsgd_while_its_lanes_hold(caplog):
         ("fp32", RS, "auto, allreduce"),
         ("global_qsgd", "allgather", "auto, allreduce, reduce_scatter"),
         ("nuqsgd", "ring", "auto, allgather, reduce_scatter"),
+        ("global_qsgd_exp", "allreduce", "auto, allgather, reduce_scatter"),
     ],
 )
 def test_a_collective_a_scheme_cannot_do_is_refused_with_the_allowed_ones(name, requested, allowed):
@@ -90,6 +91,8 @@ CONFIGS = [
     {"scheme": "dqsgd", "bits": 6, "total_steps": 4, "target_error": 1e-3},
     {"scheme": "global_qsgd", "bits": 4},
     {"scheme": "qsgd", "bits": 2, "error_feedback": True},
+    {"scheme": "global_qsgd_exp", "bits": 8},
+    {"scheme": "global_qsgd_exp", "bits": 3, "error_feedback": True},
 ]
 
 
@@ -102,7 +105,7 @@ def expected_rs_bytes(config: dict, numel: int, bits: int, n: int) -> tuple[int,
     width = max(sizes)
     payload = sum(sizes) + width  # the all-to-all's input, then the padded all-gather's
     sent = sum(sizes[1:]) + (n - 1) * width  # rank 0 keeps shard 0; ring all-gather
-    if config["scheme"] == "global_qsgd":  # the shared scale's all-reduce of 4 bytes
+    if q.shared_scale:  # the shared scale's all-reduce of 4 bytes
         payload += 4
         sent += round(2 * (n - 1) / n * 4)
     return payload, sent
@@ -127,14 +130,20 @@ def test_replicas_stay_bit_identical_on_many_small_buckets(world_size, tmp_path)
             sizes = [expected_rs_bytes(config, k, stats["bits"], world_size) for k in numels]
             assert stats["payload_bytes"] == sum(p for p, _ in sizes), config
             assert stats["sent_bytes"] == sum(s for _, s in sizes), config
-            per_bucket = 3 if config["scheme"] == "global_qsgd" else 2
+            per_bucket = 3 if config["scheme"].startswith("global_qsgd") else 2
             assert stats["collectives"] == per_bucket * len(numels)
     dqsgd = results[0][3]["stats"]
     assert len({s["bits"] for s in dqsgd}) > 1  # its width really moved
+    assert results[0][3]["kappa"] == pytest.approx(1 + 1 / world_size)  # two stages of n
 
 
 @pytest.mark.parametrize(
-    ("scheme", "single", "world_size"), [("qsgd", "allgather", 4), ("global_qsgd", "allreduce", 3)]
+    ("scheme", "single", "world_size"),
+    [
+        ("qsgd", "allgather", 4),
+        ("global_qsgd", "allreduce", 3),
+        ("global_qsgd_exp", "allgather", 5),
+    ],
 )
 def test_two_stages_stay_unbiased_and_within_their_variance_bound(
     scheme, single, world_size, tmp_path

@@ -39,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import logging
@@ -134,6 +135,7 @@ def encode_buckets(
     exponential: bool,
     inf_norm: bool,
     generator: torch.Generator | None,
+    table: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize a flat CPU tensor bucket by bucket, as ``BucketedQuantizer.encode`` does.
 
@@ -145,6 +147,9 @@ def encode_buckets(
         exponential: NUQSGD's levels ``{0, 2**-s, ..., 1}`` instead of ``{0, 1/s, ..., 1}``.
         inf_norm: scale by the max norm instead of the L2 norm.
         generator: random stream; one 64-bit key is drawn from it.
+        table: an ascending ``float32`` table of magnitudes to round between instead
+            (code = index); without a zero level, values below its first entry round
+            between plus and minus it.
 
     Returns:
         ``(data, scales)``: packed ``uint8`` codes and one ``float32`` scale per bucket.
@@ -157,10 +162,10 @@ def encode_buckets(
     key = draw_key(generator)
     if n == 0:
         return data, scales
-    mode = module.EXPONENTIAL if exponential else module.UNIFORM
+    mode, lookup = _mode(module, exponential, table)
     xs, out, scale_array = x.numpy(), data.numpy(), scales.numpy()
     fused, tasks = module.task_layout(n, bucket_size)
-    common = (bits, bucket_size, levels, mode, inf_norm, _u64(key), out, scale_array)
+    common = (bits, bucket_size, levels, mode, lookup, inf_norm, _u64(key), out, scale_array)
     if fused:
         _run(module.fused_tasks, tasks, xs, xs.view("u4"), *common)
         return data, scales
@@ -172,7 +177,7 @@ def encode_buckets(
     norms = (xs, xs.view("u4"), bucket_size, per_bucket, inf_norm, partial_squares, partial_max)
     _run(module.norm_pieces, pieces, *norms, grain=16)
     module.combine_pieces(per_bucket, inf_norm, partial_squares, partial_max, scale_array, inverse)
-    quantize = (xs, bucket_size, inverse, levels, mode, _u64(key), bits, out)
+    quantize = (xs, bucket_size, inverse, levels, mode, lookup, _u64(key), bits, out)
     _run(module.quantize_tasks, -(-n // module.TASK), *quantize)
     return data, scales
 
@@ -187,6 +192,7 @@ def decode_buckets(
     exponential: bool,
     numel: int,
     out: torch.Tensor | None = None,
+    table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rebuild ``numel`` ``float32`` values from packed codes and per-bucket scales.
 
@@ -204,8 +210,11 @@ def decode_buckets(
             f"{numel} values in buckets of {bucket_size} need {-(-numel // bucket_size)} "
             f"scales, got {scale_array.size}"
         )
-    mode = module.EXPONENTIAL if exponential else module.UNIFORM
-    args = (data.contiguous().numpy(), bits, bucket_size, levels, mode, scale_array, 0, out.numpy())
+    mode, lookup = _mode(module, exponential, table)
+    args = (
+        data.contiguous().numpy(), bits, bucket_size, levels, mode, lookup, scale_array, 0,
+        out.numpy(),
+    )  # fmt: skip
     _run(module.decode_tasks, -(-numel // module.TASK), *args, grain=32)
     return out
 
@@ -230,15 +239,18 @@ def encode_shared(
     levels: int,
     inverse: float,
     generator: torch.Generator | None,
+    exponential: bool = False,
 ) -> torch.Tensor:
-    """Global-QSGD: quantize against one shared scale into offset lanes ``level + s``.
+    """Quantize against one shared scale: Global-QSGD's offset lanes ``level + s``, or
+    with ``exponential`` its sign-and-exponent codes (levels ``{0, 2**-s, ..., 1}``).
 
     Args:
         flat: 1-D floating-point CPU tensor.
-        bits: lane width (2, 4 or 8).
-        levels: the worker's positive levels ``s_w``.
+        bits: lane width (2, 4 or 8), or code width (2 to 8) with ``exponential``.
+        levels: the worker's positive levels ``s_w``, or the exponents' ``s``.
         inverse: ``1 / scale`` as a ``float32`` (0 for a zero or non-finite scale).
         generator: random stream; one 64-bit key is drawn from it.
+        exponential: round to signed powers of two instead of linear lanes.
     """
     module = _require()
     x = _as_f32(flat)
@@ -247,7 +259,8 @@ def encode_shared(
     n = x.numel()
     if n:
         inverses = np.full(1, inverse, np.float32)
-        args = (x.numpy(), n, inverses, levels, module.SIGNED, _u64(key), bits, data.numpy())
+        mode = module.EXPONENTIAL if exponential else module.SIGNED
+        args = (x.numpy(), n, inverses, levels, mode, _NO_LOOKUP, _u64(key), bits, data.numpy())
         _run(module.quantize_tasks, -(-n // module.TASK), *args)
     return data
 
@@ -268,7 +281,10 @@ def decode_shared(
         return out
     _check_packed(data, bits, numel)
     steps = _as_f32(step.reshape(1)).numpy()
-    args = (data.contiguous().numpy(), bits, numel, 0, module.SIGNED, steps, offset, out.numpy())
+    args = (
+        data.contiguous().numpy(), bits, numel, 0, module.SIGNED, _NO_LOOKUP, steps, offset,
+        out.numpy(),
+    )  # fmt: skip
     _run(module.decode_tasks, -(-numel // module.TASK), *args, grain=32)
     return out
 
@@ -305,6 +321,23 @@ def _output(out: torch.Tensor | None, numel: int) -> torch.Tensor:
     if writable_f32(out, numel) is None:
         raise ValueError(f"out must be a contiguous float32 CPU tensor of {numel} elements")
     return out.view(-1)
+
+
+# the level modes that need no table get this one
+_NO_LOOKUP = (np.zeros(1, np.float32), np.zeros(1, np.uint8))
+
+
+def _mode(
+    module: ModuleType, exponential: bool, table: torch.Tensor | None
+) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+    if table is not None:
+        return module.TABLE, _lookup(module, table.detach().to(torch.float32).numpy().tobytes())
+    return (module.EXPONENTIAL if exponential else module.UNIFORM), _NO_LOOKUP
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup(module: ModuleType, table: bytes) -> tuple[np.ndarray, np.ndarray]:
+    return module.lookup(np.frombuffer(table, np.float32))
 
 
 def _require() -> ModuleType:

@@ -29,7 +29,11 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-UNIFORM, EXPONENTIAL, SIGNED = 0, 1, 2  # level sets: QSGD's, NUQSGD's, Global-QSGD's lanes
+# level sets: QSGD's, NUQSGD's base-1/2 ones, Global-QSGD's lanes, and any ascending table
+# of magnitudes (NUQSGD at other bases; without a zero level the smallest one is crossed
+# through zero, as in the NUQSGD authors' code)
+UNIFORM, EXPONENTIAL, SIGNED, TABLE = 0, 1, 2, 3
+GUIDE_SHIFT = 16  # a ratio's float32 bits >> 16 (exponent and 7 mantissa bits) index a guide
 TASK = 1 << 15  # elements per task: a task's codes stay in L1/L2
 PIECE = 1 << 15  # elements per partial norm of a bucket larger than a task
 
@@ -150,7 +154,10 @@ def _quantize_uniform(xs, inv, s, noise, sign_bit, codes):
         r = abs(v) * inv
         r = one if r > one else r
         r = r if r == r else zero
-        q = np.int32(r * sf + noise[j])  # >= 0, so truncation is floor
+        x = r * sf
+        lower = np.int32(x)  # >= 0, so truncation is floor
+        # up with probability frac(x): x + u >= lower + 1, without rounding x + u
+        q = lower + np.int32(1) if noise[j] >= one - (x - np.float32(lower)) else lower
         q = q if q < top else top
         codes[j] = np.uint8(q + sign_bit if v < zero else q)
 
@@ -188,17 +195,71 @@ def _quantize_signed(xs, inv, s, noise, codes):
         r = r if r == r else zero
         r = one if r > one else r
         r = -one if r < -one else r
-        codes[j] = np.uint8(np.int32(np.floor(r * sf + noise[j]) + sf))
+        x = r * sf
+        lower = np.floor(x)
+        q = lower + one if noise[j] >= one - (x - lower) else lower  # as the uniform levels
+        codes[j] = np.uint8(np.int32(q + sf))
+
+
+def lookup(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(table, guide)`` for the TABLE mode: ``guide[u]`` is the last level at or
+    below the smallest ratio in ``[0, 1]`` whose ``float32`` bits start with ``u``.
+
+    Non-negative floats order as their bits do, so the guide puts a ratio within one
+    comparison of its level (where a bisection would take one per bit of the width), as
+    long as neighbouring nonzero levels are more than ``2**-7`` apart, relatively.
+    """
+    table = np.ascontiguousarray(table, np.float32)
+    nonzero = table[table > 0]
+    if np.any(nonzero[1:] <= nonzero[:-1] * (1 + 2.0**-7)):
+        raise ValueError("levels must be more than 1/128 apart, relatively (a base <= 0.99)")
+    floors = (np.arange((0x3F800000 >> GUIDE_SHIFT) + 1, dtype=np.uint32) << GUIDE_SHIFT).view(
+        np.float32
+    )
+    guide = (np.searchsorted(table, floors, side="right") - 1).clip(0, None).astype(np.uint8)
+    return table, guide
+
+
+@njit(cache=True, nogil=True)
+def _quantize_table(xs, inv, lookup, noise, sign_bit, codes):
+    """Round ``|x| * inv`` between its neighbours in the ascending ``table`` of magnitudes.
+
+    With a zero level (``table[0] == 0``) the sign is the value's. Without one, a value
+    below ``a = table[0]`` rounds between ``-a`` and ``+a`` (up with probability
+    ``(v + a) / (2a)`` for the signed ratio ``v``): unbiased across zero.
+    """
+    table, guide = lookup
+    one, zero, two = np.float32(1.0), np.float32(0.0), np.float32(2.0)
+    top = np.int32(table.size - 1)
+    smallest = table[0]
+    for j in range(xs.size):
+        v = xs[j]
+        r = abs(v) * inv
+        r = one if r > one else r
+        r = r if r == r else zero
+        k = np.int32(guide[_f32_bits(r) >> np.uint32(GUIDE_SHIFT)])
+        k = k + np.int32(1) if k < top and table[k + 1] <= r else k
+        following = k + np.int32(1) if k < top else k
+        low, high = table[k], table[following]
+        q = following if noise[j] * (high - low) < r - low else k
+        code = q + sign_bit if v < zero else q
+        # Below the smallest level (only without a zero level): -a or +a.
+        signed = -r if v < zero else r
+        plus = noise[j] * (two * smallest) < signed + smallest
+        crossing = np.int32(0) if plus else sign_bit
+        codes[j] = np.uint8(crossing if r < smallest else code)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quantize(mode, xs, inv, s, noise, bits, codes):
+def _quantize(mode, xs, inv, s, lookup, noise, bits, codes):
     """Round the run ``xs`` of one bucket into ``codes``, with one uniform of ``noise`` each."""
     sign_bit = np.int32(1 << (bits - 1))
     if mode == UNIFORM:
         _quantize_uniform(xs, inv, s, noise, sign_bit, codes)
     elif mode == EXPONENTIAL:
         _quantize_exponential(xs, inv, s, noise, sign_bit, codes)
+    elif mode == TABLE:
+        _quantize_table(xs, inv, lookup, noise, sign_bit, codes)
     else:
         _quantize_signed(xs, inv, s, noise, codes)
 
@@ -284,7 +345,7 @@ def task_layout(n, size):
 
 
 @njit(cache=True, nogil=True)
-def fused_tasks(t0, t1, x, xbits, bits, size, s, mode, inf_norm, key, out, scales):
+def fused_tasks(t0, t1, x, xbits, bits, size, s, mode, lookup, inf_norm, key, out, scales):
     """Encode fused tasks ``t0 .. t1 - 1``: fill their ``scales`` and packed ``out`` bytes.
 
     ``xbits`` is ``x`` viewed as ``uint32`` (for the max norm); ``mode`` picks the levels.
@@ -309,7 +370,7 @@ def fused_tasks(t0, t1, x, xbits, bits, size, s, mode, inf_norm, key, out, scale
                 scale = np.float32(math.sqrt(_sum_squares(x[a:b])))
             scales[k] = scale
             run = slice(a - base, b - base)
-            _quantize(mode, x[a:b], _inverse(scale), s, noise[run], bits, codes[run])
+            _quantize(mode, x[a:b], _inverse(scale), s, lookup, noise[run], bits, codes[run])
         _pack(codes, end - base, bits, out[base * bits // 8 : (end * bits + 7) // 8])
 
 
@@ -351,7 +412,7 @@ def combine_pieces(pieces, inf_norm, partial_squares, partial_max, scales, inver
 
 
 @njit(cache=True, nogil=True)
-def quantize_tasks(t0, t1, x, size, inverse, s, mode, key, bits, out):
+def quantize_tasks(t0, t1, x, size, inverse, s, mode, lookup, key, bits, out):
     """Quantize and pack tasks ``t0 .. t1 - 1`` of ``TASK`` elements, given the inverses."""
     n = x.size
     codes = np.empty(TASK + 8, np.uint8)
@@ -365,17 +426,18 @@ def quantize_tasks(t0, t1, x, size, inverse, s, mode, key, bits, out):
             k = a // size
             b = min((k + 1) * size, end)
             run = slice(a - base, b - base)
-            _quantize(mode, x[a:b], inverse[k], s, noise[run], bits, codes[run])
+            _quantize(mode, x[a:b], inverse[k], s, lookup, noise[run], bits, codes[run])
             a = b
         _pack(codes, end - base, bits, out[base * bits // 8 : (end * bits + 7) // 8])
 
 
 @njit(cache=True, nogil=True)
-def decode_tasks(t0, t1, data, bits, size, s, mode, scales, offset, out):
+def decode_tasks(t0, t1, data, bits, size, s, mode, lookup, scales, offset, out):
     """Write ``level(code i) * scales[i // size]`` for the elements of tasks ``t0 .. t1 - 1``.
 
     ``mode`` UNIFORM: ``±(index / s)``; EXPONENTIAL: ``±2**(index - s - 1)`` (0 for index
-    0); SIGNED: ``code - offset``. Each in ``float32``, as the eager decoder computes it.
+    0); TABLE: ``±table[index]``; SIGNED: ``code - offset``. Each in ``float32``, as the
+    eager decoder computes it.
     """
     n = out.size
     codes = np.empty(TASK + 8, np.uint8)
@@ -387,7 +449,7 @@ def decode_tasks(t0, t1, data, bits, size, s, mode, scales, offset, out):
         while a < end:
             k = a // size
             b = min((k + 1) * size, end)
-            _levels(mode, codes[a - base : b - base], bits, s, scales[k], offset, out[a:b])
+            _levels(mode, codes[a - base : b - base], bits, s, lookup, scales[k], offset, out[a:b])
             a = b
 
 
@@ -395,7 +457,7 @@ def decode_tasks(t0, t1, data, bits, size, s, mode, scales, offset, out):
 
 
 @njit(cache=True, nogil=True)
-def _levels(mode, codes, bits, s, scale, offset, ys):
+def _levels(mode, codes, bits, s, lookup, scale, offset, ys):
     mask = np.int32((1 << (bits - 1)) - 1)
     sign_bit = np.int32(1 << (bits - 1))
     if mode == UNIFORM:
@@ -403,6 +465,12 @@ def _levels(mode, codes, bits, s, scale, offset, ys):
         for j in range(codes.size):
             c = np.int32(codes[j])
             m = np.float32(c & mask) / sf
+            ys[j] = (-m if c >= sign_bit else m) * scale
+    elif mode == TABLE:
+        table = lookup[0]
+        for j in range(codes.size):
+            c = np.int32(codes[j])
+            m = table[c & mask]
             ys[j] = (-m if c >= sign_bit else m) * scale
     elif mode == EXPONENTIAL:
         top = np.int32(s + 1)
