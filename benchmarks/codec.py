@@ -14,9 +14,9 @@ on 16M elements.
 
 A second table prints each scheme's measured relative variance
 ``E||Q(v) - v||^2 / ||v||^2`` (Gaussian ``v``, buckets of 512) beside its bound:
-QSGD's ``min(d/s^2, sqrt(d)/s)`` (DQ-SGD at a given width is QSGD), NUQSGD's derived
-``1/8 + min(d/2^(2s+2), sqrt(d)/2^s)`` (see ``shared/PAPERS.md``); the others have no
-closed bound here.
+QSGD's ``min(d/s^2, sqrt(d)/s)`` (DQ-SGD at a given width is QSGD), NUQSGD's at its
+default base (``nuqsgd.variance_bound``; ``benchmarks/nuqsgd_levels.py`` compares the
+layouts and bases); the others have no closed bound here.
 
 Run::
 
@@ -36,17 +36,13 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_quant.quantizers import get_quantizer, kernels
-from lightning_quant.quantizers.bucketed import (
-    BucketedQuantizer,
-    exponential_levels,
-    uniform_levels,
-)
+from lightning_quant.quantizers import get_quantizer, kernels, nuqsgd
+from lightning_quant.quantizers.bucketed import BucketedQuantizer, uniform_levels
 from lightning_quant.quantizers.global_qsgd import LANE_BITS
 
 __all__ = ["GOAL_RATIO", "Row", "main", "time_codec", "variance_rows"]
 
-SCHEMES = ("qsgd", "qsgd_inf", "nuqsgd", "dqsgd", "global_qsgd")
+SCHEMES = ("qsgd", "qsgd_inf", "nuqsgd", "dqsgd", "global_qsgd", "global_qsgd_exp")
 GOAL_SCHEMES = ("qsgd", "qsgd_inf", "nuqsgd")
 GOAL_RATIO = 6.0
 GOAL_NUMEL, GOAL_BITS = 1 << 24, 4
@@ -189,8 +185,7 @@ def variance_bound(scheme: str, bits: int, d: int) -> float | None:
         s = uniform_levels(bits)
         return min(d / s**2, math.sqrt(d) / s)
     if scheme == "nuqsgd":
-        s = exponential_levels(bits)
-        return 1 / 8 + min(d / 2 ** (2 * s + 2), math.sqrt(d) / 2**s)
+        return nuqsgd.variance_bound(bits, nuqsgd.DEFAULT_BASES["paper"][bits], "paper", d)
     return None
 
 

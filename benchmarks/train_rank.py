@@ -44,7 +44,6 @@ from torch.nn.parallel import DistributedDataParallel
 from benchmarks.tasks import TASKS, Task
 from lightning_quant import QuantizedDDPStrategy
 from lightning_quant.hooks import PEERS, make_comm_hook
-from lightning_quant.quantizers import available_quantizers, quantizer_settings
 from lightning_quant.runstore import RunStoreLogger, versions
 from lightning_quant.strategy import SINGLE_BUCKET_MB
 
@@ -208,19 +207,17 @@ def evaluate(model: nn.Module, loader: Any) -> tuple[float, float]:
     return correct / count, loss / count
 
 
-def _strategy(args: argparse.Namespace, task: Task) -> QuantizedDDPStrategy:
-    extra: dict[str, Any] = {}
-    if args.scheme in available_quantizers() and "max_bits" in quantizer_settings(args.scheme):
-        extra = {"max_bits": args.bits, "lr": task.lr}  # DQ-SGD adapts below --bits
+def _strategy(args: argparse.Namespace) -> QuantizedDDPStrategy:
+    settings = json.loads(args.settings)  # the sweep's: RunSpec.quantizer_settings()
     return QuantizedDDPStrategy(
         args.scheme,
-        bits=args.bits,
-        bucket_size=args.bucket_size,
+        bits=settings.pop("bits", args.bits),
+        bucket_size=settings.pop("bucket_size", args.bucket_size),
         collective=args.collective,
         hierarchical=args.hierarchical == "true",
         start_step=args.start_step,
         seed=args.seed,
-        quantizer_config=extra or None,
+        quantizer_config=settings or None,
         process_group_backend="gloo",
         timeout=timedelta(seconds=args.pg_timeout_s),
     )
@@ -254,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         accelerator="cpu",
         devices=per_node,
         num_nodes=world // per_node,
-        strategy=_strategy(args, task),
+        strategy=_strategy(args),
         max_steps=args.steps,
         logger=_store_logger(args, task) or False,
         log_every_n_steps=1,  # every step's loss reaches the run store
@@ -341,6 +338,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--collective", default="auto")
     parser.add_argument("--ranks-per-node", type=int, default=1)
     parser.add_argument("--hierarchical", choices=("true", "false"), default="false")
+    parser.add_argument("--settings", default="{}", help="quantizer settings, as JSON")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, required=True, help="optimizer steps to train")
     parser.add_argument("--batch-size", type=int, help="per rank (default: the task's)")

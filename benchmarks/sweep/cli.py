@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import tempfile
@@ -32,6 +33,7 @@ from benchmarks.sweep.tables import (
 )
 from benchmarks.tasks import TASKS
 from lightning_quant.collectives import AUTO, Collective
+from lightning_quant.quantizers import available_quantizers, quantizer_settings
 
 __all__ = ["main", "parse_args"]
 
@@ -49,6 +51,25 @@ def _hierarchy(text: str) -> bool | str:
     if text.lower() not in values:
         raise ValueError(f"{text!r} is not auto, true or false")
     return values[text.lower()]
+
+
+def _setting_value(text: str) -> Any:
+    """A ``--settings`` value: JSON where it parses (numbers, true, false), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _settings(text: str) -> dict[str, Any]:
+    """Parse ``"key=value,key=value"``."""
+    settings = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not (sep and key.strip() and value.strip()):
+            raise argparse.ArgumentTypeError(f"{part!r} is not key=value")
+        settings[key.strip()] = _setting_value(value.strip())
+    return settings
 
 
 def _comma(kind: Any) -> Any:
@@ -128,6 +149,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--start-step", type=int, default=0, help="uncompressed warm-up steps (recorded)"
     )
     parser.add_argument("--bucket-size", type=int, default=512, help="quantization bucket")
+    parser.add_argument(
+        "--settings", type=_settings, default={},
+        help="comma list of key=value quantizer settings, given to every scheme that has "
+        "them (e.g. target_error=200,min_bits=2 for dqsgd; levels=reference for nuqsgd)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--json", type=Path, help="write the records (a list) here")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
@@ -140,6 +166,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(
             f"unknown scheme(s) {', '.join(unknown)}; available: {', '.join(known_schemes())}"
         )
+    for key in args.settings:
+        if not any(key in own for own in map(_scheme_settings, args.schemes)):
+            parser.error(f"no scheme of {', '.join(args.schemes)} has the setting {key!r}")
     bad_collectives = [c for c in args.collective if c not in (AUTO, *Collective)]
     if bad_collectives:
         parser.error(
@@ -165,6 +194,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.warmup >= args.steps:
         parser.error(f"--warmup ({args.warmup}) must be below --steps ({args.steps})")
     return args
+
+
+def _scheme_settings(scheme: str) -> list[str]:
+    return sorted(quantizer_settings(scheme)) if scheme in available_quantizers() else []
 
 
 def _check_network(links: Sequence[str], console: Console) -> bool:

@@ -52,6 +52,7 @@ def rank_argv(spec: RunSpec, out: Path, timeout_s: float) -> list[str]:
         "--collective", spec.collective,
         "--ranks-per-node", str(spec.ranks_per_node),
         "--hierarchical", str(spec.hierarchical).lower(),
+        "--settings", json.dumps(spec.quantizer_settings()),
         "--pg-timeout-s", str(max(30.0, min(300.0, timeout_s))), "--out", str(out),
     ]  # fmt: skip
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
+from benchmarks.tasks import TASKS
 from lightning_quant.collectives import AUTO, Collective, check_collective, choose_collective
 from lightning_quant.hooks import PEERS
 from lightning_quant.hooks.state import use_hierarchy
@@ -16,6 +18,7 @@ __all__ = [
     "UNAVAILABLE_PEERS",
     "RunSpec",
     "known_schemes",
+    "own_settings",
     "plan_runs",
     "wire_bits",
 ]
@@ -57,6 +60,7 @@ class RunSpec:
     hierarchical: bool = False
     val_every: int = 0  # steps between validations (0: none)
     start_step: int = 0  # uncompressed warm-up steps
+    settings: tuple[tuple[str, Any], ...] = ()  # --settings this scheme has
     unavailable: str | None = None
 
     @property
@@ -71,10 +75,23 @@ class RunSpec:
     @property
     def name(self) -> str:
         path = " hierarchical" if self.hierarchical else ""
+        extra = "".join(f" {k}={v}" for k, v in self.settings)
         return (
             f"{self.task} {self.scheme} {self.bits}b {self.collective}{path} {self.topology} "
-            f"{self.link} seed{self.seed}"
+            f"{self.link}{extra} seed{self.seed}"
         )
+
+    def quantizer_settings(self) -> dict[str, Any]:
+        """Return the settings the ranks build the scheme with: ``bits`` and
+        ``bucket_size`` where it has them (DQ-SGD: ``bits`` is its largest width, and its
+        bound assumes the task's learning rate), then ``--settings``."""
+        if self.scheme not in available_quantizers():
+            return {}
+        fields = quantizer_settings(self.scheme)
+        settings = _settings(self.scheme, self.bits, self.bucket_size)
+        if "max_bits" in fields:
+            settings.update(max_bits=self.bits, lr=TASKS[self.task].lr)
+        return {**settings, **dict(self.settings)}
 
 
 def known_schemes() -> list[str]:
@@ -91,13 +108,26 @@ def wire_bits(scheme: str) -> int | None:
     return None if "bits" in quantizer_settings(scheme) else get_quantizer(scheme).bits
 
 
-def _settings(scheme: str, bits: int, bucket_size: int) -> dict[str, int]:
+def _settings(scheme: str, bits: int, bucket_size: int) -> dict[str, Any]:
     fields = quantizer_settings(scheme)
     return {k: v for k, v in (("bits", bits), ("bucket_size", bucket_size)) if k in fields}
 
 
+def own_settings(scheme: str, settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Return the ``--settings`` that ``scheme`` has, sorted."""
+    if scheme not in available_quantizers():
+        return ()
+    fields = quantizer_settings(scheme)
+    return tuple(sorted((k, v) for k, v in settings.items() if k in fields))
+
+
 def _collectives(
-    scheme: str, bits: int, world: int, bucket_size: int, requested: list[str]
+    scheme: str,
+    bits: int,
+    world: int,
+    bucket_size: int,
+    requested: list[str],
+    settings: tuple[tuple[str, Any], ...],
 ) -> tuple[list[str], str | None]:
     """Return the collectives ``scheme`` runs with among ``world`` ranks (each once), or
     why it cannot run."""
@@ -106,7 +136,7 @@ def _collectives(
     if scheme in PEERS:
         return [Collective.ALLREDUCE], None  # PyTorch's hooks all-reduce
     try:
-        q = get_quantizer(scheme, **_settings(scheme, bits, bucket_size))
+        q = get_quantizer(scheme, **_settings(scheme, bits, bucket_size), **dict(settings))
     except ValueError as error:
         return [AUTO], f"unavailable: {error}"
     usable = []
@@ -151,13 +181,14 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
     ):
         world = nodes * per_node
         fixed = wire_bits(scheme)
+        settings = own_settings(scheme, getattr(args, "settings", None) or {})
         for bits, hierarchical in itertools.product(
             [fixed] if fixed is not None else args.bits,
             _paths(scheme, world, per_node, args.hierarchical),
         ):
             reducing = nodes if hierarchical else world  # ranks the quantized collective spans
             collectives, why = _collectives(
-                scheme, bits, reducing, args.bucket_size, args.collective
+                scheme, bits, reducing, args.bucket_size, args.collective, settings
             )
             for collective in collectives:
                 specs.append(
@@ -177,6 +208,7 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
                         hierarchical=hierarchical,
                         val_every=args.val_every,
                         start_step=args.start_step,
+                        settings=settings,
                         unavailable=why,
                     )
                 )

@@ -17,22 +17,10 @@ from typing import Any
 from benchmarks.sweep.launch import threads_per_rank
 from benchmarks.sweep.plan import RunSpec
 from benchmarks.tasks import TASKS
-from lightning_quant.quantizers import available_quantizers, get_quantizer, quantizer_settings
+from lightning_quant.quantizers import available_quantizers, get_quantizer
 from lightning_quant.runstore import RunRecord, StoreClient, versions
 
-__all__ = ["SweepStore", "planned_record", "quantizer_settings_for"]
-
-
-def quantizer_settings_for(spec: RunSpec) -> dict[str, Any]:
-    """Return the quantizer settings a rank builds for ``spec`` (DQ-SGD: ``--bits`` is its
-    largest width)."""
-    fields = quantizer_settings(spec.scheme)
-    settings: dict[str, Any] = {
-        k: v for k, v in (("bits", spec.bits), ("bucket_size", spec.bucket_size)) if k in fields
-    }
-    if "max_bits" in fields:
-        settings.update(max_bits=spec.bits, lr=TASKS[spec.task].lr)
-    return settings
+__all__ = ["SweepStore", "planned_record"]
 
 
 class SweepStore:
@@ -83,7 +71,7 @@ def planned_record(spec: RunSpec, key: str, tags: tuple[str, ...]) -> RunRecord:
     """The run as the sweep plans it (what stands in the store if no rank ever reported)."""
     task = TASKS[spec.task]
     quantizer = (
-        get_quantizer(spec.scheme, **quantizer_settings_for(spec)).config_dict()
+        get_quantizer(spec.scheme, **spec.quantizer_settings()).config_dict()
         if not spec.unavailable and spec.scheme in available_quantizers()
         else {}
     )

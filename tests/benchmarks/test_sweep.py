@@ -281,6 +281,7 @@ def test_sweep_stores_runs_metrics_and_summaries_in_the_api(tmp_path, api_server
     done = run_sweep(
         "--task", "digits", "--schemes", "fp32,nuqsgd,torch_bf16", "--steps", "8",
         "--warmup", "2", "--json", str(out), "--api", api_server.base_url,
+        "--settings", "levels=reference,base=0.4",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "warning" not in done.stderr
@@ -309,12 +310,34 @@ def test_sweep_stores_runs_metrics_and_summaries_in_the_api(tmp_path, api_server
             assert {"train_loss", *comm} <= names
             sent = sorted(m["step"] for m in metrics if m["name"] == "comm/sent_bytes")
             assert len(sent) == 8
-        assert stored["nuqsgd"]["quantizer_config"]["bits"] == 4
+        nuqsgd = stored["nuqsgd"]["quantizer_config"]  # as rank 0 built it from --settings
+        assert nuqsgd["bits"] == 4 and nuqsgd["levels"] == "reference" and nuqsgd["base"] == 0.4
         assert stored["nuqsgd"]["total_sent_bytes"] < stored["fp32"]["total_sent_bytes"] / 6
         unavailable = stored["torch_bf16"]
         assert unavailable["status"] == "failed"
         assert unavailable["summary"]["status"] == "unavailable"
         assert "NCCL" in unavailable["summary"]["error"]
+
+
+def test_settings_go_to_the_schemes_that_have_them():
+    args = sweep.parse_args(
+        ["--schemes", "fp32,qsgd,dqsgd", "--bits", "4", "--world-size", "4",
+         "--settings", "target_error=200.5,max_bits=8,min_bits=3"]
+    )  # fmt: skip
+    assert args.settings == {"target_error": 200.5, "max_bits": 8, "min_bits": 3}
+    specs = {s.scheme: s for s in sweep.plan_runs(args)}
+    assert specs["fp32"].settings == () and specs["qsgd"].quantizer_settings() == {
+        "bits": 4, "bucket_size": 512
+    }  # fmt: skip
+    dqsgd = specs["dqsgd"]
+    assert "max_bits=8 min_bits=3 target_error=200.5" in dqsgd.name
+    assert dqsgd.quantizer_settings() == {
+        "bits": 4, "bucket_size": 512, "lr": 0.05, "max_bits": 8, "min_bits": 3,
+        "target_error": 200.5,
+    }  # fmt: skip
+    for bad in (["--settings", "levels"], ["--schemes", "qsgd", "--settings", "levels=paper"]):
+        with pytest.raises(SystemExit):
+            sweep.parse_args(bad)
 
 
 def test_args_are_comma_lists():
