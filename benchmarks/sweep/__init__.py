@@ -32,7 +32,12 @@ status ``"failed"`` and the tail of its log, and the sweep goes on.
 from benchmarks.sweep.cli import main, parse_args
 from benchmarks.sweep.launch import RunFailed, free_port, launch_ranks
 from benchmarks.sweep.plan import RunSpec, known_schemes, plan_runs
-from benchmarks.sweep.records import RECORD_FIELDS, summarize, time_to_target
+from benchmarks.sweep.records import (
+    RECORD_FIELDS,
+    compare_with_baseline,
+    first_reaching,
+    summarize,
+)
 from benchmarks.sweep.tables import markdown_tables
 
 __all__ = [
@@ -47,5 +52,6 @@ __all__ = [
     "parse_args",
     "plan_runs",
     "summarize",
-    "time_to_target",
+    "first_reaching",
+    "compare_with_baseline",
 ]

@@ -16,10 +16,13 @@ check, and time to target: the training time (validation left out; its cost is
 ``val_s_per_check``) and the step at which the task's target metric (validation loss for
 ``lm``, accuracy for the classifiers) first reached the target: fp32 DDP's final value at
 the same task, topology, link and seed, or ``--target``. Null when never reached.
+``bytes_to_target`` is what rank 0 had sent by then; ``validations`` keeps every check
+with the bytes sent before it, so any other target can be read off afterwards.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 from collections.abc import Sequence
@@ -39,7 +42,7 @@ __all__ = [
     "empty_record",
     "per_step",
     "summarize",
-    "time_to_target",
+    "first_reaching",
 ]
 
 LOSS_WINDOW = 5  # steps in the trailing mean that makes "final loss" less noisy
@@ -58,7 +61,8 @@ RECORD_FIELDS = (
     "compression_ratio", "mean_bits", "encode_s", "communicate_s", "decode_s",
     "final_loss", "test_accuracy", "test_loss",
     "final_val_loss", "final_val_acc", "val_checks", "val_s_per_check",
-    "target_metric", "target", "time_to_target_s", "steps_to_target", "start_step",
+    "target_metric", "target", "time_to_target_s", "steps_to_target", "bytes_to_target",
+    "total_sent_bytes", "validations", "start_step",
     "speedup_vs_fp32", "train_wall_s",
     "param_count", "threads_per_rank", "load_1m", "run_key",
 )  # fmt: skip
@@ -68,15 +72,15 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def time_to_target(
+def first_reaching(
     validations: Sequence[dict[str, float]], metric: str, target: float, higher_is_better: bool
-) -> tuple[float | None, int | None]:
-    """Return the training time and step of the first validation reaching ``target``."""
+) -> dict[str, float] | None:
+    """Return the first validation whose ``metric`` reaches ``target``, or ``None``."""
     for point in validations:
         value = point.get(metric)
         if value is not None and (value >= target if higher_is_better else value <= target):
-            return point["time_s"], int(point["step"])
-    return None, None
+            return point
+    return None
 
 
 def per_step(result: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -141,7 +145,11 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
     )
     losses, times = per_step(result)
     step_time = max(per_rank)
-    validations = ranks[0].get("validations") or []
+    sent_by_step = [0, *itertools.accumulate(step["sent_bytes"] for step in stats[0][:count])]
+    validations = [  # each with what rank 0 had sent before it
+        {**point, "sent_bytes": sent_by_step[min(int(point["step"]), count)]}
+        for point in ranks[0].get("validations") or []
+    ]
     last = validations[-1] if validations else {}
     fp32 = fp32_allreduce_bytes(raw, spec.world_size)
     return {
@@ -194,6 +202,9 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         "target": None,
         "time_to_target_s": None,
         "steps_to_target": None,
+        "bytes_to_target": None,
+        "total_sent_bytes": sent_by_step[-1],
+        "validations": validations,
         "start_step": spec.start_step,
         "speedup_vs_fp32": None,
         "train_wall_s": times[-1] if times else None,
@@ -244,7 +255,8 @@ def compare_with_baseline(
     if target is None:
         return
     record["target"] = target
-    validations = result["ranks"][0].get("validations") or []
-    record["time_to_target_s"], record["steps_to_target"] = time_to_target(
-        validations, metric, target, task.higher_is_better
-    )
+    reached = first_reaching(record["validations"], metric, target, task.higher_is_better)
+    if reached is not None:
+        record["time_to_target_s"] = reached["time_s"]
+        record["steps_to_target"] = int(reached["step"])
+        record["bytes_to_target"] = reached["sent_bytes"]

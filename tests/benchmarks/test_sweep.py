@@ -230,15 +230,25 @@ def test_summarize_takes_the_slower_rank_after_the_warmup():
     assert record["predicted_step_s"] == pytest.approx(0.02 + 0.004 + record["predicted_comm_s"])
 
 
-def test_time_to_target_is_the_first_validation_that_reaches_it():
+def test_time_and_bytes_to_target_come_from_the_first_validation_reaching_it():
     checks = [
-        {"step": 10, "time_s": 1.0, "val_loss": 3.0, "val_acc": 0.2},
-        {"step": 20, "time_s": 2.5, "val_loss": 2.0, "val_acc": 0.6},
-        {"step": 30, "time_s": 3.1, "val_loss": 2.2, "val_acc": 0.5},
+        {"step": 1, "time_s": 1.0, "val_loss": 3.0, "val_acc": 0.2},
+        {"step": 3, "time_s": 2.5, "val_loss": 2.0, "val_acc": 0.6},
+        {"step": 5, "time_s": 3.1, "val_loss": 2.2, "val_acc": 0.5},
     ]
-    assert sweep.time_to_target(checks, "val_loss", 2.1, higher_is_better=False) == (2.5, 20)
-    assert sweep.time_to_target(checks, "val_acc", 0.55, higher_is_better=True) == (2.5, 20)
-    assert sweep.time_to_target(checks, "val_loss", 1.0, higher_is_better=False) == (None, None)
+    assert sweep.first_reaching(checks, "val_loss", 2.1, higher_is_better=False) == checks[1]
+    assert sweep.first_reaching(checks, "val_acc", 0.55, higher_is_better=True) == checks[1]
+    assert sweep.first_reaching(checks, "val_loss", 1.0, higher_is_better=False) is None
+    # in a record: each check with the bytes rank 0 sent before it (50 a step here)
+    result = _result([[0.1] * 5, [0.1] * 5], [3, 2, 1.5, 1.2, 1.0])
+    result["ranks"][0].update(validations=checks, val_s=0.3)
+    spec = _spec(steps=5, warmup=2)
+    record = sweep.summarize(spec, result)
+    assert [c["sent_bytes"] for c in record["validations"]] == [50, 150, 250]
+    assert record["total_sent_bytes"] == 250 and record["final_val_loss"] == 2.2
+    sweep.compare_with_baseline(record, None, result, target=0.55)  # digits: val_acc
+    assert (record["time_to_target_s"], record["steps_to_target"]) == (2.5, 3)
+    assert record["bytes_to_target"] == 150
 
 
 # ----- an emulated 100 Mbit/s link -----------------------------------------------------------
