@@ -354,3 +354,29 @@ def test_args_are_comma_lists():
     args = sweep.parse_args(["--bits", "2,4,4", "--world-size", "2,3", "--link", "none,1gbit"])
     assert isinstance(args, argparse.Namespace)
     assert args.bits == [2, 4] and args.world_size == [2, 3] and args.link == ["none", "1gbit"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_dqsgd_lm_sweep_feeds_the_dashboards_bits_chart(tmp_path, api_server, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    done = run_sweep(
+        "--task", "lm-tiny", "--schemes", "qsgd,dqsgd", "--world-size", "3", "--steps", "8",
+        "--warmup", "2", "--val-every", "4", "--api", api_server.base_url,
+        "--settings", "target_error=0.5,min_bits=2,max_bits=8",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with httpx.Client(base_url=api_server.api_url, trust_env=False) as client:
+        runs = {r["scheme"]: r for r in client.get("/runs").json()["data"]}
+        metrics = client.get(f"/runs/{runs['dqsgd']['id']}/metrics").json()["data"]
+    bits = [m["value"] for m in metrics if m["name"] == "comm/bits"]
+    assert len(bits) == 8 and all(2 <= b <= 8 for b in bits)
+    assert {"train_loss", "val_loss"} <= {m["name"] for m in metrics}
+
+    monkeypatch.setenv("LQ_API_URL", api_server.base_url)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+    at.query_params["runs"] = f"{runs['qsgd']['id']},{runs['dqsgd']['id']}"
+    at.run()
+    assert not at.exception and not at.error
+    assert "add a dqsgd run" not in "\n".join(str(c.value) for c in at.caption)
