@@ -207,7 +207,9 @@ def _insert_ignoring_duplicates(*, session: Session, rows: list[dict[str, Any]])
     if dialect == "sqlite":
         statement = sqlite_insert(table).on_conflict_do_nothing()
     elif dialect == "postgresql":
-        statement = postgresql_insert(table).on_conflict_do_nothing()
+        # psycopg's executemany reports no summed rowcount: count the rows it returns
+        inserted = postgresql_insert(table).on_conflict_do_nothing().returning(table.c.step)
+        return len(session.execute(inserted, rows).all())
     else:  # portable fallback: drop the keys already stored, then a plain insert
         run_id = rows[0]["run_id"]
         stored = set(

@@ -6,7 +6,7 @@ from fastapi import Depends, HTTPException, Path, status
 
 from api import crud
 from api.core.db import SessionDep
-from api.models import MAX_INT, Run
+from api.models import MAX_ID, Run
 
 __all__ = [
     "NOT_FOUND",
@@ -19,7 +19,7 @@ __all__ = [
     "query_error",
 ]
 
-RunId = Annotated[int, Path(ge=1, le=MAX_INT, description="The run's id")]
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="The run's id")]
 
 _MESSAGE = {
     "content": {
@@ -30,8 +30,8 @@ _MESSAGE = {
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such run", **_MESSAGE}}
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"description": "LQ_API_TOKEN is set and the bearer token is missing or wrong",
-          **_MESSAGE}
+    401: {"description": "A token the server requires (LQ_API_TOKEN for writes, "
+          "LQ_API_READ_TOKEN for everything) is missing or wrong", **_MESSAGE}
 }
 TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body or the batch is over the configured limit", **_MESSAGE}

@@ -4,6 +4,7 @@ Routes live under ``/api/v1`` (``/api/v1/runs``, ``/api/v1/runs/{run_id}/metrics
 ``/health`` and the OpenAPI pages (``/docs``, ``/openapi.json``) are at the root.
 """
 
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,17 +15,24 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api.core.config import Settings
 from api.core.config import settings as default_settings
 from api.core.db import create_db_engine, init_db
+from api.core.security import ReadAccess
+from api.deps import UNAUTHORIZED
 from api.routes import health, metrics, runs
 from api.routes.health import VERSION
 
-__all__ = ["api_router", "app", "create_app"]
+__all__ = ["UNAVAILABLE", "api_router", "app", "create_app"]
 
-api_router = APIRouter()
+log = logging.getLogger("api")
+# What a client hears when the database fails; the driver's own text (which can name the
+# host, the user or the SQL) goes to the server's log only.
+UNAVAILABLE = "The database is unavailable; try again later."
+
+api_router = APIRouter(dependencies=[ReadAccess], responses=UNAUTHORIZED)
 api_router.include_router(runs.router)
 api_router.include_router(metrics.router)
 
@@ -55,8 +63,9 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
     )
 
 
-async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"detail": f"database unavailable: {error}"})
+async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    log.error("database unavailable for %s %s: %s", request.method, request.url.path, error)
+    return JSONResponse(status_code=503, content={"detail": UNAVAILABLE})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         description="Stores training runs of quantized data-parallel training and their "
         "metrics. Writes need `Authorization: Bearer <token>` when the server sets "
-        "LQ_API_TOKEN.",
+        "LQ_API_TOKEN; reads need a token too when it sets LQ_API_READ_TOKEN.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
         max_body_size=settings.MAX_BODY_BYTES,
@@ -84,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
     app.include_router(health.router)
     app.include_router(api_router, prefix=settings.API_V1_STR)
     return app

@@ -232,7 +232,6 @@ def _store_logger(args: argparse.Namespace, task: Task) -> RunStoreLogger | None
         name=args.run_name,
         tags=[tag for tag in args.tags.split(",") if tag],
         run_key=args.run_key,
-        token=os.environ.get("LQ_API_TOKEN"),
         fields={"dataset": task.dataset, "model_name": task.model_name},
     )
 

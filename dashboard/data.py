@@ -29,6 +29,7 @@ __all__ = [
     "fetch_metrics_csv",
     "fetch_run",
     "fetch_runs",
+    "read_token",
     "resolve_api_url",
 ]
 
@@ -83,15 +84,23 @@ def resolve_api_url(
     return url.removesuffix(API_PREFIX)
 
 
+def read_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """Return the token reads send: ``LQ_API_READ_TOKEN``, else ``LQ_API_TOKEN`` (a store
+    that sets a read token accepts either), else none."""
+    environ = os.environ if environ is None else environ
+    return environ.get("LQ_API_READ_TOKEN") or environ.get("LQ_API_TOKEN") or None
+
+
 @st.cache_resource
-def _client(api_url: str) -> httpx.Client:
-    """One pooled HTTP client per API, shared by every session of this server."""
-    return httpx.Client(base_url=api_url + API_PREFIX, timeout=TIMEOUT_S)
+def _client(api_url: str, token: str | None) -> httpx.Client:
+    """One pooled HTTP client per API and token, shared by every session of this server."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=api_url + API_PREFIX, timeout=TIMEOUT_S, headers=headers)
 
 
 def _get(api_url: str, path: str, params: Mapping[str, Any] | None = None) -> httpx.Response:
     try:
-        response = _client(api_url).get(path, params=params)
+        response = _client(api_url, read_token()).get(path, params=params)
     except httpx.InvalidURL as error:
         raise ApiUnreachable(f"{api_url!r} is not a valid URL ({error})") from None
     except httpx.TransportError as error:

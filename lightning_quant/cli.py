@@ -129,11 +129,16 @@ def dashboard(
     port: int = typer.Option(8501, help="port of the dashboard"),
     host: str = typer.Option(HOST, help="address to listen on"),
     api_url: str = typer.Option("http://127.0.0.1:8000", help="the REST API to read"),
+    read_token: str = typer.Option(
+        None, envvar="LQ_API_READ_TOKEN", help="token for a private store's reads"
+    ),
 ) -> None:
     """Serve the Streamlit dashboard, reading runs from the REST API."""
     try:
         _require("streamlit", "altair")
         _check_port_free(port, "dashboard", "--port")
+        if read_token:  # to the dashboard through its environment, never its command line
+            os.environ["LQ_API_READ_TOKEN"] = read_token
         os.execv(sys.executable, _dashboard_argv(port, api_url, host))
     except ServiceError as error:
         _fail(error)

@@ -36,3 +36,17 @@ def test_compose_wires_api_and_dashboard_with_a_volume() -> None:
     assert "http://api:8000" in dashboard["command"]
     assert dashboard["depends_on"]["api"]["condition"] == "service_healthy"
     assert "runs" in compose["volumes"]
+
+
+def test_compose_offers_postgresql_in_a_profile_and_the_api_waits_for_it() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    api, db = compose["services"]["api"], compose["services"]["db"]
+    assert db["profiles"] == ["postgres"] and db["image"].startswith("postgres:")
+    assert "pgdata:/var/lib/postgresql/data" in db["volumes"] and "pgdata" in compose["volumes"]
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+    wait = api["depends_on"]["db"]
+    assert wait["condition"] == "service_healthy" and wait["required"] is False
+    assert api["environment"]["LQ_DATABASE_URL"] == "${LQ_DATABASE_URL:-}"
+    # the README's command names the service, its user and its database
+    readme = (ROOT / "README.md").read_text()
+    assert "postgresql+psycopg://lq:lq@db:5432/lq docker compose --profile postgres up" in readme

@@ -8,7 +8,9 @@ This is the only module in the project that reads the environment.
 ``LQ_DATABASE_URL``         Any SQLAlchemy URL (``postgresql+psycopg://...``); overrides
                             the SQLite file in ``LQ_DATA_DIR``.
 ``LQ_API_TOKEN``            When set, every write (POST/PATCH/PUT/DELETE) needs
-                            ``Authorization: Bearer <token>``; reads stay open.
+                            ``Authorization: Bearer <token>``.
+``LQ_API_READ_TOKEN``       When set, reads need it too (or ``LQ_API_TOKEN``): a
+                            private store. ``/health`` and ``/docs`` stay open.
 ``LQ_MAX_BODY_BYTES``       Largest request body accepted (413 above it).
 ``LQ_MAX_BATCH_POINTS``     Most metric values in one POST (413 above it).
 ==========================  ===========================================================
@@ -35,6 +37,7 @@ class Settings(BaseSettings):
     DATA_DIR: Path = Path("./data")
     DATABASE_URL: str | None = None
     API_TOKEN: str | None = None
+    API_READ_TOKEN: str | None = None
 
     MAX_BODY_BYTES: int = Field(default=8 * 1024 * 1024, ge=1024)
     MAX_BATCH_POINTS: int = Field(default=10_000, ge=1)

@@ -40,9 +40,10 @@ from api.models.runs import (
     SortOrder,
 )
 from api.models.service import Health
-from api.models.types import MAX_INT, Ids, MetricNames, utc_now
+from api.models.types import MAX_ID, MAX_INT, Ids, MetricNames, utc_now
 
 __all__ = [
+    "MAX_ID",
     "MAX_INT",
     "Health",
     "Ids",

@@ -17,6 +17,7 @@ from api.models.types import (
     Label,
     Labels,
     RunKey,
+    Scheme,
     Seconds,
     TagList,
     Tags,
@@ -55,7 +56,7 @@ class RunBase(SQLModel):
     finished_at: UtcDatetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
     # setup
-    scheme: Label = Field(max_length=64, index=True)
+    scheme: Scheme = Field(max_length=64, index=True)
     bits: Bits | None = Field(default=None, index=True)
     collective: Label | None = Field(default=None, max_length=32, index=True)
     bucket_size: int | None = Field(default=None, ge=1, le=MAX_INT, sa_type=BigInteger)
@@ -138,7 +139,7 @@ class RunUpdate(RunBase):
     name: Text | None = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
     tags: TagList | None = Field(default=None, max_length=32)  # type: ignore[assignment]
     status: RunStatus | None = None  # type: ignore[assignment]
-    scheme: Label | None = Field(default=None, max_length=64)  # type: ignore[assignment]
+    scheme: Scheme | None = Field(default=None, max_length=64)  # type: ignore[assignment]
     strategy_config: JsonObject | None = None  # type: ignore[assignment]
     quantizer_config: JsonObject | None = None  # type: ignore[assignment]
     hyperparameters: JsonObject | None = None  # type: ignore[assignment]

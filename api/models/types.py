@@ -14,12 +14,13 @@ from pydantic import (
 )
 
 __all__ = [
-    "MAX_INT", "Bits", "BitsList", "Count", "Ids", "JsonObject", "Label", "Labels",
-    "MetricName", "MetricNames", "RunKey", "Seconds", "Tag", "TagList", "Tags", "Text",
+    "MAX_ID", "MAX_INT", "Bits", "BitsList", "Count", "Id", "Ids", "JsonObject", "Label", "Labels",
+    "MetricName", "MetricNames", "RunKey", "Scheme", "Seconds", "Tag", "TagList", "Tags", "Text",
     "Topologies", "Topology", "UtcDatetime", "split_commas", "utc_now",
 ]  # fmt: skip
 
 MAX_INT = 2**63 - 1  # the largest value of a signed 64-bit (BIGINT) column
+MAX_ID = 2**31 - 1  # the largest id: ids are 32-bit INTEGER columns (SERIAL in PostgreSQL)
 MAX_JSON_DEPTH = 32
 
 
@@ -38,6 +39,8 @@ def _check_text(value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (PostgreSQL text cannot hold them)")
     return value
 
 
@@ -105,6 +108,9 @@ Label = Annotated[
     str, StringConstraints(min_length=1, max_length=200), AfterValidator(_check_label)
 ]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_check_label)]
+Scheme = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_check_label)
+]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json_object)]
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 Count = Annotated[int, Ge(0), Le(MAX_INT)]
@@ -121,5 +127,6 @@ Topologies = Annotated[list[Topology], BeforeValidator(split_commas)]
 Labels = Annotated[list[Label], BeforeValidator(split_commas)]
 Tags = Annotated[list[Tag], BeforeValidator(split_commas)]
 BitsList = Annotated[list[Bits], BeforeValidator(split_commas)]
-Ids = Annotated[list[Annotated[int, Ge(1), Le(MAX_INT)]], BeforeValidator(split_commas)]
+Id = Annotated[int, Ge(1), Le(MAX_ID)]
+Ids = Annotated[list[Id], BeforeValidator(split_commas)]
 MetricNames = Annotated[list[MetricName], BeforeValidator(split_commas)]

@@ -1,5 +1,6 @@
 """Service health."""
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -10,6 +11,7 @@ from api.core.db import SessionDep
 from api.models import Health
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("api")
 
 try:
     VERSION = version("lightning-quant")
@@ -27,6 +29,7 @@ def health(session: SessionDep, response: Response) -> Any:
     try:
         revision = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except Exception as error:  # any database failure is the answer, not a crash
+        log.error("health check: the database does not answer: %s", error)  # not to clients
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Health(status="error", database=str(error), version=VERSION, schema_revision=None)
+        return Health(status="error", database="unavailable", version=VERSION, schema_revision=None)
     return Health(status="ok", database="ok", version=VERSION, schema_revision=revision)

@@ -1,7 +1,5 @@
 """A run's metrics: post batches (idempotent), read (filtered, downsampled), export."""
 
-import csv
-import io
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
@@ -9,6 +7,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from api import crud
 from api.core.db import SessionDep
 from api.core.security import WriteAccess
+from api.csv_export import csv_response
 from api.deps import NOT_FOUND, WRITE_ERRORS, RunDep
 from api.models import (
     MAX_INT,
@@ -104,7 +103,8 @@ def export_metrics(
     step_min: StepMin = None,
     step_max: StepMax = None,
 ) -> Response:
-    """Export a run's metrics as CSV in long format (step, name, value, epoch, wall_time)."""
+    """Export a run's metrics as CSV in long format (step, name, value, epoch, wall_time);
+    a name a spreadsheet would read as a formula starts with ``'``."""
     rows = crud.read_metrics(
         session=session,
         run_id=db_run.id,  # type: ignore[arg-type]
@@ -112,13 +112,5 @@ def export_metrics(
         step_min=step_min,
         step_max=step_max,
     )
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        writer.writerow(["" if getattr(row, c) is None else getattr(row, c) for c in CSV_COLUMNS])
-    return Response(
-        content=buffer.getvalue(),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="run-{db_run.id}-metrics.csv"'},
-    )
+    cells = ([getattr(row, column) for column in CSV_COLUMNS] for row in rows)
+    return csv_response(CSV_COLUMNS, cells, f"run-{db_run.id}-metrics.csv")

@@ -1,9 +1,5 @@
 """Runs: create, list (filtered, sorted, paged), compare, export, read, update, delete."""
 
-import csv
-import io
-import json
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
@@ -12,8 +8,10 @@ from sqlalchemy.exc import IntegrityError
 from api import crud
 from api.core.db import SessionDep
 from api.core.security import WriteAccess
+from api.csv_export import csv_response
 from api.deps import NOT_FOUND, UNAUTHORIZED, WRITE_ERRORS, RunDep, query_error
 from api.models import (
+    MAX_ID,
     MAX_INT,
     Ids,
     RunBase,
@@ -79,7 +77,7 @@ def compare_runs(
     ids: Annotated[Ids, Query(description="Run ids, comma-separated or repeated: ?ids=1,2,3")],
     baseline: Annotated[
         int | None,
-        Query(ge=1, le=MAX_INT, description="The run the ratios refer to (default: the first)"),
+        Query(ge=1, le=MAX_ID, description="The run the ratios refer to (default: the first)"),
     ] = None,
 ) -> Any:
     """Compare the summaries of several runs side by side, with ratios to a baseline."""
@@ -98,37 +96,18 @@ def compare_runs(
     return RunComparison(baseline_id=baseline_id, data=summaries, count=len(summaries))
 
 
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"  # as JSON writes them
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, list | dict):
-        return json.dumps(value, separators=(",", ":"))
-    return value
-
-
 @router.get(
     "/export.csv",
     response_class=Response,
     responses={200: {"content": {"text/csv": {}}, "description": "One row per run"}},
 )
 def export_runs(session: SessionDep, filters: Annotated[RunFilters, Query()]) -> Response:
-    """Export the runs matching the filters as CSV (lists and objects as JSON text)."""
+    """Export the runs matching the filters as CSV (lists and objects as JSON text; text
+    that a spreadsheet would read as a formula starts with ``'``)."""
     runs, _ = crud.list_runs(session=session, filters=filters)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    for run in runs:
-        public = RunPublic.model_validate(run)
-        writer.writerow([_csv_cell(getattr(public, column)) for column in CSV_COLUMNS])
-    return Response(
-        content=buffer.getvalue(),
-        media_type="text/csv",
-        headers={"Content-Disposition": 'attachment; filename="runs.csv"'},
-    )
+    public = (RunPublic.model_validate(run) for run in runs)
+    rows = ([getattr(run, column) for column in CSV_COLUMNS] for run in public)
+    return csv_response(CSV_COLUMNS, rows, "runs.csv")
 
 
 @router.get("/{run_id}", response_model=RunPublic, responses=NOT_FOUND)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -27,7 +28,7 @@ import httpx
 
 from lightning_quant.runstore.records import API_PREFIX, MetricPoint, RunRecord, check_fields
 
-__all__ = ["DEFAULT_SPOOL_DIR", "StoreClient", "api_base", "replay_spool"]
+__all__ = ["DEFAULT_SPOOL_DIR", "StoreClient", "api_base", "default_token", "replay_spool"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,14 @@ def api_base(url: str) -> str:
     return url if url.endswith(API_PREFIX) else url + API_PREFIX
 
 
+def default_token() -> str | None:
+    """Return the token a client sends when given none: ``LQ_API_TOKEN`` (writes, and
+    reads), else ``LQ_API_READ_TOKEN`` (a private store that takes no write token)."""
+    return os.environ.get("LQ_API_TOKEN") or os.environ.get("LQ_API_READ_TOKEN") or None
+
+
 def _headers(token: str | None) -> dict[str, str]:
+    token = token or default_token()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
@@ -54,7 +62,7 @@ class StoreClient:
 
     Args:
         url: the API server, e.g. ``http://127.0.0.1:8000``.
-        token: bearer token when the API requires one for writes.
+        token: bearer token when the API requires one (default: :func:`default_token`).
         spool_dir: where undeliverable events wait (one JSON-lines file per client).
         batch_values: metric values per POST at most (the store takes 10,000 by default).
         flush_interval: seconds the thread gathers events before it sends them.

@@ -1,6 +1,7 @@
-"""Fixtures for the run store's tests: an app on a real SQLite file in ``tmp_path``."""
+"""Fixtures for the run store's tests: an app on a real database of each kind, a SQLite
+file in ``tmp_path`` and a database on a throwaway PostgreSQL server (every test that
+takes ``client``, ``make_client`` or ``query`` runs on both)."""
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,24 +12,26 @@ from fastapi.testclient import TestClient
 from api.core.config import Settings
 from api.main import create_app
 from tests.utils.api_server import api_server  # noqa: F401 - a pytest fixture
+from tests.utils.databases import KINDS, database_url, run_sql
 
 API = "/api/v1"
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "runs.db"
+@pytest.fixture(params=KINDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind."""
+    return database_url(request.param, tmp_path / "database")
 
 
 @pytest.fixture
-def make_client(db_path: Path) -> Iterator[Callable[..., TestClient]]:
-    """Start the app (lifespan included) on ``db_path`` with settings overridden."""
+def make_client(db_url: str) -> Iterator[Callable[..., TestClient]]:
+    """Start the app (lifespan included) on ``db_url`` with settings overridden."""
     clients: list[TestClient] = []
 
     def make(**overrides: Any) -> TestClient:
         settings = Settings(
             _env_file=None,  # type: ignore[call-arg]
-            DATABASE_URL=f"sqlite:///{db_path}",
+            DATABASE_URL=db_url,
             **{"API_TOKEN": None, **overrides},
         )
         client = TestClient(create_app(settings))
@@ -47,12 +50,11 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 
 
 @pytest.fixture
-def query(db_path: Path) -> Callable[..., list[tuple[Any, ...]]]:
-    """Run SQL on the database file directly, past the API."""
+def query(db_url: str) -> Callable[..., list[tuple[Any, ...]]]:
+    """Run SQL (``?`` placeholders) on the database directly, past the API."""
 
     def run(sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(db_path) as connection:
-            return connection.execute(sql, params).fetchall()
+        return run_sql(db_url, sql, *params)
 
     return run
 

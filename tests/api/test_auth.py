@@ -1,4 +1,5 @@
-"""With LQ_API_TOKEN set, every write needs the bearer token; reads stay open."""
+"""With LQ_API_TOKEN set, every write needs the bearer token; reads stay open unless
+LQ_API_READ_TOKEN is set too."""
 
 import pytest
 
@@ -53,11 +54,8 @@ def test_writes_with_the_token_succeed(secured):
         assert response.status_code == status, (method, path, response.text)
 
 
-def test_reads_need_no_token(secured):
-    run_id = secured.post(f"{API}/runs", json=run_payload(), headers=_auth(TOKEN)).json()["id"]
-    secured.post(f"{API}/runs/{run_id}/metrics", json=metric_batch(steps=3), headers=_auth(TOKEN))
-    for path in (
-        "/health",
+def _read_paths(run_id):
+    return [
         f"{API}/runs",
         f"{API}/runs/{run_id}",
         f"{API}/runs/compare?ids={run_id}",
@@ -65,9 +63,47 @@ def test_reads_need_no_token(secured):
         f"{API}/runs/{run_id}/metrics",
         f"{API}/runs/{run_id}/metrics/names",
         f"{API}/runs/{run_id}/metrics/export.csv",
-        "/openapi.json",
-    ):
+    ]
+
+
+OPEN_PATHS = ["/health", "/openapi.json", "/docs"]
+
+
+def test_reads_need_no_token(secured):
+    run_id = secured.post(f"{API}/runs", json=run_payload(), headers=_auth(TOKEN)).json()["id"]
+    secured.post(f"{API}/runs/{run_id}/metrics", json=metric_batch(steps=3), headers=_auth(TOKEN))
+    for path in [*_read_paths(run_id), *OPEN_PATHS]:
         assert secured.get(path).status_code == 200, path
+
+
+READ_TOKEN = "r3ad-only"
+
+
+def test_a_read_token_makes_the_store_private_and_health_stays_open(make_client, query):
+    private = make_client(API_TOKEN=TOKEN, API_READ_TOKEN=READ_TOKEN)
+    run_id = private.post(f"{API}/runs", json=run_payload(), headers=_auth(TOKEN)).json()["id"]
+    for path in _read_paths(run_id):
+        for headers in ({}, _auth("wrong"), _auth(READ_TOKEN + "x")):
+            refused = private.get(path, headers=headers)
+            assert refused.status_code == 401, (path, headers)
+            assert READ_TOKEN not in refused.text and TOKEN not in refused.text
+            assert "LQ_API_READ_TOKEN" in refused.json()["detail"]
+        for token in (READ_TOKEN, TOKEN):  # the read token, or the write token
+            assert private.get(path, headers=_auth(token)).status_code == 200, (path, token)
+    for path in OPEN_PATHS:
+        assert private.get(path).status_code == 200, path
+    # the read token does not write
+    for method, path, body in _write_requests(run_id):
+        response = private.request(method, path, json=body, headers=_auth(READ_TOKEN))
+        assert response.status_code == 401, (method, path)
+    assert query("SELECT count(*) FROM run") == [(1,)]
+
+
+def test_a_read_token_alone_guards_writes_too(make_client):
+    private = make_client(API_READ_TOKEN=READ_TOKEN)
+    assert private.post(f"{API}/runs", json=run_payload()).status_code == 401
+    created = private.post(f"{API}/runs", json=run_payload(), headers=_auth(READ_TOKEN))
+    assert created.status_code == 201
 
 
 def test_without_a_configured_token_writes_are_open(client):
@@ -76,9 +112,10 @@ def test_without_a_configured_token_writes_are_open(client):
     assert client.post(f"{API}/runs", json=run_payload(), headers=_auth("x")).status_code == 201
 
 
-def test_openapi_marks_every_write_and_no_read_as_needing_the_token():
-    # The token check is the HTTPBearer dependency, which is what puts "security" on an
-    # operation: so this checks every route, including ones added later.
+def test_openapi_marks_every_api_route_and_not_health_as_taking_the_token():
+    # The token checks are HTTPBearer dependencies, which is what puts "security" on an
+    # operation: so this checks every route, including ones added later. Every /api/v1
+    # route may need a token (reads with LQ_API_READ_TOKEN), and documents the 401.
     operations = [
         (method.upper(), path, operation)
         for path, item in app.openapi()["paths"].items()
@@ -87,4 +124,5 @@ def test_openapi_marks_every_write_and_no_read_as_needing_the_token():
     assert sum(method in WRITES for method, _, _ in operations) >= 4
     for method, path, operation in operations:
         secured = operation.get("security") == [{"HTTPBearer": []}]
-        assert secured == (method in WRITES), (method, path)
+        assert secured == path.startswith(API), (method, path)
+        assert ("401" in operation["responses"]) == path.startswith(API), (method, path)

@@ -80,3 +80,20 @@ def test_metrics_csv_filters_by_name_and_steps(client):
         )
     )
     assert [(row["name"], int(row["step"])) for row in rows] == [("loss", s) for s in range(5, 10)]
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralized_and_numbers_stay_numbers(client):
+    formulas = ['=HYPERLINK("http://x")', "+1+2", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    for index, text in enumerate(formulas):
+        body = run_payload(name=text, host=text, final_loss=-1.5, tags=[f"t{index}"])
+        assert client.post(f"{API}/runs", json=body).status_code == 201, text
+    rows = _rows(client.get(f"{API}/runs/export.csv", params={"sort": "id", "order": "asc"}))
+    assert [row["name"] for row in rows] == ["'" + text for text in formulas]
+    assert [row["host"] for row in rows] == ["'" + text for text in formulas]
+    assert {row["final_loss"] for row in rows} == {"-1.5"}  # a number, not text
+
+    run = client.post(f"{API}/runs", json=run_payload()).json()
+    points = [{"step": 0, "values": {"-loss": -2.0, "loss": 1.0}}]
+    client.post(f"{API}/runs/{run['id']}/metrics", json={"points": points})
+    rows = _rows(client.get(f"{API}/runs/{run['id']}/metrics/export.csv"))
+    assert [(row["name"], row["value"]) for row in rows] == [("'-loss", "-2.0"), ("loss", "1.0")]

@@ -26,7 +26,7 @@ def test_posting_the_same_batch_twice_stores_it_once(client, run, query):
     assert again.json() == {"received": 50 * len(METRIC_NAMES), "inserted": 0}
     count = query("SELECT count(*) FROM metric WHERE run_id = ?", run["id"])
     assert count == [(50 * len(METRIC_NAMES),)]
-    distinct = query("SELECT count(*) FROM (SELECT DISTINCT run_id, step, name FROM metric)")
+    distinct = query("SELECT count(*) FROM (SELECT DISTINCT run_id, step, name FROM metric) AS d")
     assert distinct == count
 
 

@@ -6,7 +6,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.dashboard.conftest import SEEDED
-from tests.utils.api_server import free_port
+from tests.utils.api_server import free_port, running_api_server
+from tests.utils.factories import SCHEMES, seed_runs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -152,3 +153,20 @@ def test_an_api_error_is_a_message_not_a_traceback(seeded_api, monkeypatch):
     at = _app(f"{seeded_api.base_url}/not-the-api", monkeypatch)
     assert not at.exception
     assert "answered with an error" in _texts(at, "error") and "404" in _texts(at, "error")
+
+
+def test_a_private_store_is_read_with_the_read_token(tmp_path, monkeypatch):
+    env = {"LQ_API_READ_TOKEN": "r3ad"}
+    with running_api_server(tmp_path, token="wr1te", env=env) as server:
+        with server.client() as client:  # sends the write token, which reads too
+            seed_runs(client, schemes=SCHEMES[:2], steps=5, prefix="")
+        monkeypatch.delenv("LQ_API_TOKEN", raising=False)
+        monkeypatch.delenv("LQ_API_READ_TOKEN", raising=False)
+        refused = _app(server.base_url, monkeypatch)
+        assert not refused.exception
+        assert "401" in _texts(refused, "error") and "r3ad" not in _texts(refused, "error")
+        monkeypatch.setenv("LQ_API_READ_TOKEN", "r3ad")
+        at = _app(server.base_url, monkeypatch)
+        assert not at.exception and not at.error
+        (table,) = at.dataframe
+        assert len(table.value) == 2

@@ -1,8 +1,8 @@
-"""The road to the run store: the logger and its client against a real uvicorn and SQLite."""
+"""The road to the run store: the logger and its client against a real uvicorn, on SQLite
+(and, where the test says ``db_server``, on PostgreSQL too)."""
 
 import ast
 import dataclasses
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -12,17 +12,12 @@ import pytest
 
 import lightning_quant
 from lightning_quant.runstore import MetricPoint, RunRecord, StoreClient, replay_spool
-from tests.utils.api_server import free_port, start_api_server
+from tests.utils.api_server import free_port, running_api_server, start_api_server
 from tests.utils.ranks import run_ranks
 
 FIT = "tests.lightning_quant.lightning_workers:fit_digits"
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def rows(db, sql, *args):
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, args).fetchall()
 
 
 def test_training_run_is_recorded_with_its_configuration(api_server, tmp_path) -> None:
@@ -51,8 +46,10 @@ def test_training_run_is_recorded_with_its_configuration(api_server, tmp_path) -
     assert [m["value"] for m in metrics["data"]] == [s["sent_bytes"] for s in stats]
 
 
-def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
-    server = start_api_server(tmp_path / "server")
+def test_server_killed_mid_run_and_restarted_loses_and_duplicates_nothing(
+    db_server, tmp_path
+) -> None:
+    server = db_server
     outcome: dict = {}
 
     def train() -> None:
@@ -71,10 +68,10 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
     trainer.start()
     try:
         deadline = time.monotonic() + 120
-        while not rows(server.database_path, "select 1 from metric limit 1"):
+        while not server.query("select 1 from metric limit 1"):
             assert time.monotonic() < deadline and trainer.is_alive(), "no metric ever arrived"
             time.sleep(0.1)
-        server.stop()  # killed in the middle of training
+        server.kill()  # SIGKILL in the middle of training: no shutdown at all
         time.sleep(2.0)
         server.restart()
         trainer.join(timeout=240)
@@ -82,11 +79,10 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
         result = outcome["results"][0]
         assert result["spooled"] > 0  # the outage really happened while training
         steps = len(result["stats"])
-        [(run_id, status)] = rows(server.database_path, "select id, status from run")
+        [(run_id, status)] = server.query("select id, status from run")
         assert status == "finished"
         for name in ("train_loss", "comm/sent_bytes", "comm/encode_s"):
-            stored = rows(
-                server.database_path,
+            stored = server.query(
                 "select step from metric where run_id=? and name=? order by step",
                 run_id,
                 name,
@@ -96,11 +92,11 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(tmp_path) -> None:
         server.stop()
 
 
-def test_eight_clients_at_once_store_exact_counts(api_server, tmp_path) -> None:
+def test_eight_clients_at_once_store_exact_counts(db_server, tmp_path) -> None:
     steps, names = 2000, ("loss", "sent_bytes", "encode_s", "communicate_s", "decode_s")
 
     def report(i: int) -> None:
-        client = StoreClient(api_server.base_url, spool_dir=tmp_path / f"spool{i}")
+        client = StoreClient(db_server.base_url, spool_dir=tmp_path / f"spool{i}")
         key = client.create(RunRecord(name=f"r{i}", scheme="qsgd"))
         for step in range(steps):
             client.log(key, [MetricPoint(step, dict.fromkeys(names, step * 0.5 + i))])
@@ -112,11 +108,9 @@ def test_eight_clients_at_once_store_exact_counts(api_server, tmp_path) -> None:
         t.start()
     for t in threads:
         t.join()
-    counts = rows(api_server.database_path, "select run_id, count(*) from metric group by run_id")
+    counts = db_server.query("select run_id, count(*) from metric group by run_id")
     assert len(counts) == 8 and all(count == steps * len(names) for _, count in counts)
-    assert rows(api_server.database_path, "select count(*) from run where status='finished'") == [
-        (8,)
-    ]
+    assert db_server.query("select count(*) from run where status='finished'") == [(8,)]
 
 
 def test_api_down_never_blocks_and_replay_delivers_later(tmp_path) -> None:
@@ -155,6 +149,23 @@ def test_a_run_key_is_created_once_however_often_it_is_sent(api_server, tmp_path
     with api_server.client() as http:
         found = http.get("/runs", params={"run_key": "sweep-7-run-3"}).json()
     assert found["count"] == 1 and found["data"][0]["final_loss"] == 0.5
+
+
+@pytest.mark.parametrize("variable", ["LQ_API_TOKEN", "LQ_API_READ_TOKEN"])
+def test_the_client_sends_the_token_from_the_environment(tmp_path, monkeypatch, variable) -> None:
+    env = {"LQ_API_READ_TOKEN": "r3ad"}  # a private store: no write token, reads need one
+    with running_api_server(tmp_path / "server", env=env) as server:
+        monkeypatch.delenv("LQ_API_TOKEN", raising=False)
+        monkeypatch.delenv("LQ_API_READ_TOKEN", raising=False)
+        monkeypatch.setenv(variable, "r3ad")
+        client = StoreClient(server.base_url, spool_dir=tmp_path)
+        key = client.create(RunRecord(name="private", scheme="qsgd"))
+        client.log(key, [MetricPoint(0, {"loss": 1.0})])
+        assert client.close(timeout=10)
+        assert httpx.get(server.api_url + "/runs", trust_env=False).status_code == 401
+        headers = {"Authorization": "Bearer r3ad"}
+        runs = httpx.get(server.api_url + "/runs", headers=headers, trust_env=False).json()
+        assert [run["run_key"] for run in runs["data"]] == [key]
 
 
 def test_refused_records_do_not_stall_the_rest(api_server, tmp_path) -> None:

@@ -10,9 +10,11 @@ Use the fixture (import it into your test module or conftest so pytest sees it):
 or the context manager, for your own settings or fixture scope::
 
     with running_api_server(tmp_path, token="secret") as server:
-        ...  # server.base_url, server.api_url, server.database_path, server.token
+        ...  # server.base_url, server.api_url, server.query(sql), server.token
 
-The database is a SQLite file in the given directory; it survives ``server.restart()``.
+The database is a SQLite file in the given directory, or any database URL given
+(``tests.utils.databases``); it survives ``server.restart()``. ``db_server`` is the
+fixture parametrized over both kinds.
 """
 
 import os
@@ -28,7 +30,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-__all__ = ["ApiServer", "api_server", "free_port", "running_api_server", "start_api_server"]
+from tests.utils.databases import KINDS, database_url, run_sql
+
+__all__ = [
+    "ApiServer",
+    "api_server",
+    "db_server",
+    "free_port",
+    "running_api_server",
+    "start_api_server",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_PREFIX = "/api/v1"
@@ -46,7 +57,6 @@ class ApiServer:
     """A running ``uvicorn api.main:app``; ``stop()`` it (the helpers below do)."""
 
     base_url: str  # http://127.0.0.1:<port>, for /health and /docs
-    database_path: Path
     log_path: Path
     env: dict[str, str] = field(repr=False)
     token: str | None = None
@@ -60,6 +70,10 @@ class ApiServer:
     @property
     def database_url(self) -> str:
         return self.env["LQ_DATABASE_URL"]
+
+    def query(self, sql: str, *params: object) -> list[tuple[object, ...]]:
+        """Run ``sql`` (``?`` placeholders) on the server's database, past the API."""
+        return run_sql(self.database_url, sql, *params)
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -88,9 +102,16 @@ class ApiServer:
         self.process = None
 
     def restart(self, timeout: float = 30.0) -> None:
-        """Stop and start again on the same port and database file."""
+        """Stop and start again on the same port and database."""
         self.stop()
         _launch(self, timeout=timeout)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL): no shutdown, no flush."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
 
 
 def _launch(server: ApiServer, *, timeout: float) -> None:
@@ -139,21 +160,22 @@ def start_api_server(
     token: str | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    database: str | None = None,
 ) -> ApiServer:
-    """Start ``uvicorn api.main:app`` on a free loopback port with its SQLite file in
-    ``directory``; return once ``/health`` answers. The caller must ``stop()`` it.
+    """Start ``uvicorn api.main:app`` on a free loopback port; return once ``/health``
+    answers. The caller must ``stop()`` it.
 
     Args:
-        directory: where the database file (``runs.db``) and the server log go.
+        directory: where the server log, and the default SQLite file (``runs.db``), go.
         token: sets ``LQ_API_TOKEN``, so writes need ``server.auth_headers``.
         env: more environment variables for the server (``LQ_MAX_BODY_BYTES``, ...).
         timeout: seconds to wait for ``/health``.
+        database: the database's SQLAlchemy URL (default: ``runs.db`` in ``directory``).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    database_path = directory / "runs.db"
     server_env = {
         **{key: value for key, value in os.environ.items() if not key.startswith("LQ_")},
-        "LQ_DATABASE_URL": f"sqlite:///{database_path}",
+        "LQ_DATABASE_URL": database or f"sqlite:///{directory / 'runs.db'}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         **({"LQ_API_TOKEN": token} if token else {}),
         **(env or {}),
@@ -161,7 +183,6 @@ def start_api_server(
     for attempt in range(3):  # another process may take the free port before uvicorn does
         server = ApiServer(
             base_url=f"http://127.0.0.1:{free_port()}",
-            database_path=database_path,
             log_path=directory / "api-server.log",
             env=server_env,
             token=token,
@@ -187,6 +208,14 @@ def running_api_server(directory: Path, **kwargs: object) -> Iterator[ApiServer]
 
 @pytest.fixture
 def api_server(tmp_path: Path) -> Iterator[ApiServer]:
-    """A fresh server with an empty database in ``tmp_path``, no token."""
+    """A fresh server with an empty SQLite database in ``tmp_path``, no token."""
     with running_api_server(tmp_path / "api-server") as server:
+        yield server
+
+
+@pytest.fixture(params=KINDS)
+def db_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApiServer]:
+    """A fresh server, no token, on an empty database of each kind (SQLite, PostgreSQL)."""
+    url = database_url(request.param, tmp_path / "database")
+    with running_api_server(tmp_path / "api-server", database=url) as server:
         yield server

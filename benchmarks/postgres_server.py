@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for tests: Debian's binaries, a temporary cluster, loopback.
+"""A throwaway PostgreSQL server, for the tests and the load benchmark: Debian's binaries,
+a temporary cluster, loopback.
 
 ``initdb`` refuses to run as root, so as root every server command runs as the
 ``postgres`` user (``runuser -u postgres --``), in a temporary directory it owns, on a free
@@ -7,12 +8,15 @@ immediate``) and its directory removed when the context ends, on failure too.
 
 Without the binaries (``apt-get install postgresql``, which ``./run.sh test`` does as
 root), or without root and the ``postgres`` user, :func:`unavailable` says why and the
-tests that need a server skip with that reason.
+tests that need a server skip with that reason (``benchmarks.api_ingest --database
+postgresql`` stops with it).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import itertools
 import os
 import pwd
 import shutil
@@ -24,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PostgresServer", "postgres_server", "unavailable"]
+__all__ = ["PostgresServer", "postgres_server", "shared_server", "unavailable"]
 
 
 def _bindir() -> Path | None:
@@ -67,6 +71,10 @@ class PostgresServer:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def fresh_database(self) -> str:
+        """Create a new, empty database; return its SQLAlchemy URL."""
+        return self.create_database(f"lq_test_{os.getpid()}_{next(_numbers)}")
 
     def create_database(self, name: str) -> str:
         """Create database ``name``; return its SQLAlchemy URL."""
@@ -117,3 +125,20 @@ def postgres_server() -> Iterator[PostgresServer]:
         if started:
             _run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(directory, ignore_errors=True)
+
+
+_numbers = itertools.count()
+_shared: list[PostgresServer] = []
+
+
+def shared_server() -> PostgresServer:
+    """Return this process's server, started on first use and stopped when it exits.
+
+    One server per test process (each xdist worker has its own); every test takes a
+    fresh database on it (:meth:`PostgresServer.fresh_database`).
+    """
+    if not _shared:
+        context = postgres_server()
+        _shared.append(context.__enter__())
+        atexit.register(context.__exit__, None, None, None)
+    return _shared[0]
