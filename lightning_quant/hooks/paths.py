@@ -38,6 +38,7 @@ then differs from ``T`` times the true mean by exactly the residuals left at the
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,10 @@ class Job:
     def bits(self) -> int:
         return self.stats.bits
 
+    def timed(self, name: str) -> AbstractContextManager[None]:
+        """Time a codec stage on the bucket's device (CUDA events there)."""
+        return self.stats.timed(name, self.generator.device)
+
     def encode(self, x: torch.Tensor, scale: torch.Tensor | None) -> Payload:
         return self.quantizer.encode(x, self.generator, bits=self.bits, scale=scale)
 
@@ -97,7 +102,7 @@ class Job:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return what to encode (``x`` plus its residual in ``memory``) and the shared scale
         (for schemes that declare ``shared_scale``, else ``None``)."""
-        with self.stats.timed("encode_s"):
+        with self.timed("encode_s"):
             target = self.with_residual(memory, x, start)
         return target, shared_scale(self, group, target)
 
@@ -150,14 +155,14 @@ def allreduce(job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start:
     """One SUM all-reduce of payloads that add up."""
     q = job.quantizer
     target, scale = job.target(group, job.worker_residuals, x, start)
-    with job.stats.timed("encode_s"):
+    with job.timed("encode_s"):
         payload = q.encode_summable(target, job.generator, world_size=group.size, scale=scale)
         job.remember(job.worker_residuals, target, [payload], start)
         wire = q.summable(payload)
     work = all_reduce(job.stats, group, wire)
 
     def finish() -> torch.Tensor:
-        with job.stats.timed("decode_s"):
+        with job.timed("decode_s"):
             return q.decode_sum(payload, wire, group.size, out)
 
     return work, finish
@@ -167,7 +172,7 @@ def allgather(job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start:
     """All-gather every rank's payload; decode and average them all."""
     q = job.quantizer
     target, scale = job.target(group, job.worker_residuals, x, start)
-    with job.stats.timed("encode_s"):
+    with job.timed("encode_s"):
         payload = job.encode(target, scale)
         job.remember(job.worker_residuals, target, [payload], start)
         wire = payload.to_wire()
@@ -176,7 +181,7 @@ def allgather(job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start:
 
     def finish() -> torch.Tensor:
         rows = gathered.view(group.size, wire.numel())
-        with job.stats.timed("decode_s"):
+        with job.timed("decode_s"):
             parts = [_decoder(q, payload, row) for row in rows]
             return _mean_into(out, parts, group.size)
 
@@ -190,7 +195,7 @@ def reduce_scatter_path(
     q, n, me = job.quantizer, group.size, group.index
     bounds = shard_bounds(x.numel(), q.alignment, n)
     target, scale = job.target(group, job.worker_residuals, x, start)
-    with job.stats.timed("encode_s"):
+    with job.timed("encode_s"):
         payloads = [job.encode(target[a:b], scale) for a, b in bounds]
         job.remember(job.worker_residuals, target, payloads, start)
         send = torch.cat([p.to_wire() for p in payloads])
@@ -202,14 +207,14 @@ def reduce_scatter_path(
 
     # this rank owns shard ``me``: average the n payloads, re-encode the mean
     a, b = bounds[me]
-    with job.stats.timed("decode_s"):
+    with job.timed("decode_s"):
         rows = received.view(n, mine.nbytes)
         mean = _mean_into(
             torch.empty(b - a, dtype=torch.float32, device=x.device),
             [_decoder(q, mine, row) for row in rows],
             n,
         )
-    with job.stats.timed("encode_s"):
+    with job.timed("encode_s"):
         owned = job.with_residual(job.owner_residuals, mean, start + a)
         reencoded = job.encode(owned, scale)
         job.remember(job.owner_residuals, owned, [reencoded], start + a)
@@ -221,7 +226,7 @@ def reduce_scatter_path(
 
     def finish() -> torch.Tensor:
         rows = gathered.view(n, width)
-        with job.stats.timed("decode_s"):
+        with job.timed("decode_s"):
             for (lo, hi), layout, row in zip(bounds, payloads, rows, strict=True):
                 if hi > lo:
                     q.decode(layout.read_wire(row[: layout.nbytes]), out=out[lo:hi])
@@ -265,12 +270,12 @@ def hierarchical(
     align = job.quantizer.alignment
     units = -(-numel // align)
     chunk = -(-units // ranks) * align  # whole quantization buckets, one chunk per rank
-    with job.stats.timed("encode_s"):
+    with job.timed("encode_s"):
         padded = x.new_zeros(ranks * chunk, dtype=intra_dtype)
         padded[:numel] = x.reshape(-1) / ranks  # divided first: the sum is the node's mean
     received = padded.new_empty(ranks * chunk)
     yield all_to_all(job.stats, local, received, padded, [chunk] * ranks, [chunk] * ranks)
-    with job.stats.timed("decode_s"):
+    with job.timed("decode_s"):
         mine = received.view(ranks, chunk).float().sum(0)
 
     a, b = min(numel, local.index * chunk), min(numel, (local.index + 1) * chunk)

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
+
 from lightning_quant.collectives import fp32_allreduce_bytes
 
 __all__ = ["METRIC_PREFIX", "STEP_METRICS", "StepStats"]
@@ -47,6 +49,8 @@ class StepStats:
             launched (:mod:`lightning_quant.collectives`); ``inter_node_bytes`` of them
             went to other nodes.
         collectives / rounds: collectives launched, and their sequential message rounds.
+        encode_s / decode_s: codec time; on CUDA, measured on the device between CUDA
+            events and read when the figures are (:meth:`as_dict`), so the hook never waits.
     """
 
     step: int = 0
@@ -68,6 +72,10 @@ class StepStats:
     bucket_sq_norms: dict[int, float] = field(default_factory=dict)
     # future callbacks run on gloo/NCCL threads, possibly two at once
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # (counter, start, end) CUDA events not yet read
+    pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = field(
+        default_factory=list, repr=False
+    )
 
     @property
     def grad_sq_norm(self) -> float:
@@ -88,13 +96,32 @@ class StepStats:
                 setattr(self, name, getattr(self, name) + value)
 
     @contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        """Add the seconds the block takes to the counter ``name``."""
-        start = time.perf_counter()
+    def timed(self, name: str, device: torch.device | None = None) -> Iterator[None]:
+        """Add the seconds the block takes to the counter ``name``: on a CUDA ``device``,
+        the time its work takes on the current stream; elsewhere, on the host."""
+        if device is not None and device.type == "cuda":
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                with self.lock:
+                    self.pending.append((name, start, end))
+            return
+        began = time.perf_counter()
         try:
             yield
         finally:
-            self.add(**{name: time.perf_counter() - start})
+            self.add(**{name: time.perf_counter() - began})
+
+    def settle(self) -> None:
+        """Add the device times recorded so far, waiting for their work to finish."""
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for name, start, end in pending:
+            end.synchronize()
+            self.add(**{name: start.elapsed_time(end) / 1e3})
 
     @property
     def intra_node_bytes(self) -> int:
@@ -102,4 +129,5 @@ class StepStats:
 
     def as_dict(self) -> dict[str, float]:
         """Return ``step`` and every :data:`STEP_METRICS` figure."""
+        self.settle()
         return {"step": self.step, **{name: getattr(self, name) for name in STEP_METRICS}}

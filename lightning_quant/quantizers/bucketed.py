@@ -189,7 +189,7 @@ class BucketedQuantizer(Quantizer):
         """
         if not kernels.supports(payload.data):
             return self.decode_eager(payload, out)
-        target = kernels.writable_f32(out, payload.numel)
+        target = kernels.writable_f32(out, payload.data, payload.numel)
         values = kernels.decode_buckets(
             payload.data,
             payload.scales,

@@ -220,7 +220,7 @@ class GlobalQSGD(SharedScaleQuantizer):
         s = worker_levels(bits, world_size)
         if fused:
             data = kernels.encode_shared(
-                flat, bits=bits, levels=s, inverse=inverse.item(), generator=generator
+                flat, bits=bits, levels=s, inverse=inverse, generator=generator
             )
         else:
             ratio = (flat * inverse).nan_to_num_(nan=0.0).clamp_(-1.0, 1.0)
@@ -258,7 +258,7 @@ class GlobalQSGD(SharedScaleQuantizer):
             numel=payload.numel,
             offset=payload.summands * payload.levels,
             step=payload.scales / (payload.levels * payload.summands),
-            out=kernels.writable_f32(out, payload.numel),
+            out=kernels.writable_f32(out, payload.data, payload.numel),
         )
         return kernels.finish_decode(values, payload, out)
 

@@ -120,7 +120,7 @@ class GlobalQSGDExp(SharedScaleQuantizer):
             levels=payload.levels,
             exponential=True,
             numel=payload.numel,
-            out=kernels.writable_f32(out, payload.numel),
+            out=kernels.writable_f32(out, payload.data, payload.numel),
         )
         return kernels.finish_decode(values, payload, out)
 
@@ -145,7 +145,7 @@ class GlobalQSGDExp(SharedScaleQuantizer):
         s = exponential_levels(bits)
         if fused:
             data = kernels.encode_shared(
-                flat, bits=bits, levels=s, inverse=inverse.item(), generator=generator,
+                flat, bits=bits, levels=s, inverse=inverse, generator=generator,
                 exponential=True,
             )  # fmt: skip
         else:

@@ -69,10 +69,16 @@ def _train(config: dict, many_buckets: bool, steps: int, device: str = "cpu") ->
 
 
 def train_plain_ddp(
-    scheme: str, many_buckets: bool, steps: int = 6, device: str = "cpu", **settings
+    scheme: str,
+    many_buckets: bool,
+    steps: int = 6,
+    device: str = "cpu",
+    backend: str | None = None,
+    **settings,
 ) -> dict:
-    """Train with the hook on plain DDP; return parameters, statistics and bucket sizes."""
-    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    """Train with the hook on plain DDP; return parameters, statistics and bucket sizes.
+    The backend defaults to NCCL on CUDA and gloo on CPU."""
+    dist.init_process_group(backend or ("nccl" if device == "cuda" else "gloo"))
     result = _train({"scheme": scheme, **settings}, many_buckets, steps, device)
     _shutdown()
     return result

@@ -34,8 +34,10 @@ def fit_digits(
     spool_dir: str | None = None,
     quantizer_config: dict | None = None,
     static_graph: bool = False,
+    accelerator: str = "cpu",
 ) -> dict:
-    """Train the digits MLP on every rank (one node each) and return what the tests check."""
+    """Train the digits MLP on every rank (one node each) and return what the tests check.
+    On ``accelerator="gpu"`` the ranks talk over NCCL, else over gloo."""
     world = int(os.environ["WORLD_SIZE"])
     L.seed_everything(seed, workers=True)
     task = TASKS["digits"]
@@ -52,7 +54,7 @@ def fit_digits(
             min_compress_numel=0,
             compress_1d=True,
             bucket_cap_mb=1e-4 if many_buckets else 25,
-            process_group_backend="gloo",
+            process_group_backend="nccl" if accelerator == "gpu" else "gloo",
             report_to=None if store_logger else report_to,
             quantizer_config=quantizer_config,
             static_graph=static_graph,
@@ -72,7 +74,7 @@ def fit_digits(
     if save_to:
         callbacks.append(ModelCheckpoint(dirpath=save_to, filename="last", save_top_k=-1))
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         num_nodes=world,
         strategy=strategy,
@@ -94,7 +96,7 @@ def fit_digits(
     stores = [lg for lg in trainer.loggers if isinstance(lg, RunStoreLogger)]
     result = {
         "spooled": stores[0].client.spooled if stores and trainer.is_global_zero else 0,
-        "params": [p.detach().clone() for p in model.parameters()],
+        "params": [p.detach().cpu().clone() for p in model.parameters()],
         "stats": list(used.stats_history),
         "policy": state.policy.state_dict() if state.policy else None,
         "test_acc": tested["test_acc"],

@@ -12,7 +12,7 @@ import torch
 
 from lightning_quant.packing import pack, unpack
 from lightning_quant.quantizers import get_quantizer, kernels
-from lightning_quant.quantizers.kernels import _cpu
+from lightning_quant.quantizers.kernels import _cpu, levels
 from tests.utils.schemes import BUCKETED, SHARED_SCALE, make
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba kernels unavailable")
@@ -90,9 +90,9 @@ def test_fast_codes_are_a_neighbouring_level_with_the_right_sign(name: str, bits
 
 
 def test_table_levels_must_be_a_step_apart_for_the_guide() -> None:
-    assert _cpu.lookup(np.array([0.0, 0.5, 0.51, 1.0]))[1].dtype == np.uint8
+    assert levels.lookup(np.array([0.0, 0.5, 0.51, 1.0]))[1].dtype == np.uint8
     with pytest.raises(ValueError, match="1/128 apart"):
-        _cpu.lookup(np.array([0.0, 0.5, 0.501, 1.0]))
+        levels.lookup(np.array([0.0, 0.5, 0.501, 1.0]))
 
 
 def test_packing_is_packing_py_layout() -> None:

@@ -54,6 +54,7 @@ import torch
 
 from lightning_quant.packing import packed_nbytes
 from lightning_quant.quantizers.base import Payload
+from lightning_quant.quantizers.kernels import levels as level_sets
 
 __all__ = [
     "available",
@@ -100,9 +101,27 @@ def available() -> bool:
     return _kernels() is not None
 
 
+@functools.cache
+def gpu_kernels() -> ModuleType | None:
+    """Return the Triton kernels for CUDA tensors, or ``None`` where Triton is missing."""
+    try:
+        return importlib.import_module(f"{__name__}._gpu")
+    except ImportError as error:
+        log.warning("fused CUDA codec kernels unavailable (%s); using eager", error)
+        return None
+
+
 def supports(tensor: torch.Tensor) -> bool:
-    """Return whether ``tensor`` can go through the fused kernels (a CPU tensor)."""
+    """Return whether ``tensor`` can go through fused kernels: the Numba ones on CPU, the
+    Triton ones on CUDA."""
+    if tensor.device.type == "cuda":
+        return gpu_kernels() is not None
     return tensor.device.type == "cpu" and available()
+
+
+def _triton_for(tensor: torch.Tensor) -> ModuleType | None:
+    """The Triton kernels if ``tensor`` is on a GPU (the facade's functions defer to them)."""
+    return gpu_kernels() if tensor.device.type != "cpu" else None
 
 
 def draw_key(generator: torch.Generator | None) -> int:
@@ -154,6 +173,11 @@ def encode_buckets(
     Returns:
         ``(data, scales)``: packed ``uint8`` codes and one ``float32`` scale per bucket.
     """
+    if gpu := _triton_for(flat):
+        return gpu.encode_buckets(  # type: ignore[no-any-return]
+            flat, bits=bits, bucket_size=bucket_size, levels=levels, exponential=exponential,
+            inf_norm=inf_norm, generator=generator, table=table,
+        )  # fmt: skip
     module = _require()
     x = _as_f32(flat)
     n = x.numel()
@@ -162,7 +186,7 @@ def encode_buckets(
     key = draw_key(generator)
     if n == 0:
         return data, scales
-    mode, lookup = _mode(module, exponential, table)
+    mode, lookup = _mode(exponential, table)
     xs, out, scale_array = x.numpy(), data.numpy(), scales.numpy()
     fused, tasks = module.task_layout(n, bucket_size)
     common = (bits, bucket_size, levels, mode, lookup, inf_norm, _u64(key), out, scale_array)
@@ -196,9 +220,15 @@ def decode_buckets(
 ) -> torch.Tensor:
     """Rebuild ``numel`` ``float32`` values from packed codes and per-bucket scales.
 
-    ``out``, if given, is a contiguous ``float32`` CPU tensor of ``numel`` elements that
-    receives the values (see :func:`writable_f32`); otherwise a new tensor is returned.
+    ``out``, if given, is a contiguous ``float32`` tensor of ``numel`` elements on the
+    data's device that receives the values (see :func:`writable_f32`); otherwise a new
+    tensor is returned.
     """
+    if gpu := _triton_for(data):
+        return gpu.decode_buckets(  # type: ignore[no-any-return]
+            data, scales, bits=bits, bucket_size=bucket_size, levels=levels,
+            exponential=exponential, numel=numel, out=out, table=table,
+        )  # fmt: skip
     module = _require()
     out = _output(out, numel)
     if numel == 0:
@@ -210,7 +240,7 @@ def decode_buckets(
             f"{numel} values in buckets of {bucket_size} need {-(-numel // bucket_size)} "
             f"scales, got {scale_array.size}"
         )
-    mode, lookup = _mode(module, exponential, table)
+    mode, lookup = _mode(exponential, table)
     args = (
         data.contiguous().numpy(), bits, bucket_size, levels, mode, lookup, scale_array, 0,
         out.numpy(),
@@ -221,6 +251,10 @@ def decode_buckets(
 
 def max_abs(flat: torch.Tensor) -> torch.Tensor:
     """Return ``flat.abs().amax()`` as a 0-d ``float32`` tensor (NaN wins, then Inf)."""
+    if flat.device.type != "cpu":
+        return (
+            flat.abs().amax().float() if flat.numel() else flat.new_zeros((), dtype=torch.float32)
+        )
     module = _require()
     x = _as_f32(flat)
     if x.numel() == 0:
@@ -237,7 +271,7 @@ def encode_shared(
     *,
     bits: int,
     levels: int,
-    inverse: float,
+    inverse: torch.Tensor,
     generator: torch.Generator | None,
     exponential: bool = False,
 ) -> torch.Tensor:
@@ -248,18 +282,23 @@ def encode_shared(
         flat: 1-D floating-point CPU tensor.
         bits: lane width (2, 4 or 8), or code width (2 to 8) with ``exponential``.
         levels: the worker's positive levels ``s_w``, or the exponents' ``s``.
-        inverse: ``1 / scale`` as a ``float32`` (0 for a zero or non-finite scale).
+        inverse: ``1 / scale``, a 1-element ``float32`` tensor (0 for a zero scale).
         generator: random stream; one 64-bit key is drawn from it.
         exponential: round to signed powers of two instead of linear lanes.
     """
+    if gpu := _triton_for(flat):
+        return gpu.encode_shared(  # type: ignore[no-any-return]
+            flat, bits=bits, levels=levels, inverse=inverse, generator=generator,
+            exponential=exponential,
+        )  # fmt: skip
     module = _require()
     x = _as_f32(flat)
     data = torch.empty(packed_nbytes(x.numel(), bits), dtype=torch.uint8)
     key = draw_key(generator)
     n = x.numel()
     if n:
-        inverses = np.full(1, inverse, np.float32)
-        mode = module.EXPONENTIAL if exponential else module.SIGNED
+        inverses = _as_f32(inverse).numpy()[:1]
+        mode = level_sets.EXPONENTIAL if exponential else level_sets.SIGNED
         args = (x.numpy(), n, inverses, levels, mode, _NO_LOOKUP, _u64(key), bits, data.numpy())
         _run(module.quantize_tasks, -(-n // module.TASK), *args)
     return data
@@ -275,6 +314,10 @@ def decode_shared(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Global-QSGD: return ``(lane - offset) * step`` for ``numel`` lanes, in ``float32``."""
+    if gpu := _triton_for(data):
+        return gpu.decode_shared(  # type: ignore[no-any-return]
+            data, bits=bits, numel=numel, offset=offset, step=step, out=out
+        )
     module = _require()
     out = _output(out, numel)
     if numel == 0:
@@ -282,7 +325,7 @@ def decode_shared(
     _check_packed(data, bits, numel)
     steps = _as_f32(step.reshape(1)).numpy()
     args = (
-        data.contiguous().numpy(), bits, numel, 0, module.SIGNED, _NO_LOOKUP, steps, offset,
+        data.contiguous().numpy(), bits, numel, 0, level_sets.SIGNED, _NO_LOOKUP, steps, offset,
         out.numpy(),
     )  # fmt: skip
     _run(module.decode_tasks, -(-numel // module.TASK), *args, grain=32)
@@ -300,12 +343,13 @@ def finish_decode(values: torch.Tensor, payload: Payload, out: torch.Tensor | No
     return out
 
 
-def writable_f32(out: torch.Tensor | None, numel: int) -> torch.Tensor | None:
-    """Return a flat view of ``out`` the kernels can write, or None if they cannot."""
+def writable_f32(out: torch.Tensor | None, like: torch.Tensor, numel: int) -> torch.Tensor | None:
+    """Return a flat view of ``out`` the kernels can write when decoding ``like`` (the
+    payload's data), or None if they cannot: ``float32``, contiguous, on its device."""
     if (
         out is None
         or out.dtype != torch.float32
-        or out.device.type != "cpu"
+        or out.device != like.device
         or not out.is_contiguous()
         or out.numel() != numel
     ):
@@ -318,7 +362,7 @@ def _output(out: torch.Tensor | None, numel: int) -> torch.Tensor:
         # A fresh result costs its page faults on first touch (some 12 ms for 64 MB on a
         # 2-core VM, more than the decode): pass ``out`` to decode into an existing buffer.
         return torch.empty(numel, dtype=torch.float32)
-    if writable_f32(out, numel) is None:
+    if writable_f32(out, torch.empty(0), numel) is None:
         raise ValueError(f"out must be a contiguous float32 CPU tensor of {numel} elements")
     return out.view(-1)
 
@@ -328,16 +372,21 @@ _NO_LOOKUP = (np.zeros(1, np.float32), np.zeros(1, np.uint8))
 
 
 def _mode(
-    module: ModuleType, exponential: bool, table: torch.Tensor | None
+    exponential: bool, table: torch.Tensor | None
 ) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
     if table is not None:
-        return module.TABLE, _lookup(module, table.detach().to(torch.float32).numpy().tobytes())
-    return (module.EXPONENTIAL if exponential else module.UNIFORM), _NO_LOOKUP
+        return level_sets.TABLE, cached_lookup(table)
+    return (level_sets.EXPONENTIAL if exponential else level_sets.UNIFORM), _NO_LOOKUP
+
+
+def cached_lookup(table: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Return :func:`.levels.lookup` of ``table``, computed once per table."""
+    return _lookup(table.detach().to(torch.float32).cpu().numpy().tobytes())
 
 
 @functools.lru_cache(maxsize=64)
-def _lookup(module: ModuleType, table: bytes) -> tuple[np.ndarray, np.ndarray]:
-    return module.lookup(np.frombuffer(table, np.float32))
+def _lookup(table: bytes) -> tuple[np.ndarray, np.ndarray]:
+    return level_sets.lookup(np.frombuffer(table, np.float32))
 
 
 def _require() -> ModuleType:

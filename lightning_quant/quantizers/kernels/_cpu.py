@@ -29,11 +29,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-# level sets: QSGD's, NUQSGD's base-1/2 ones, Global-QSGD's lanes, and any ascending table
-# of magnitudes (NUQSGD at other bases; without a zero level the smallest one is crossed
-# through zero, as in the NUQSGD authors' code)
-UNIFORM, EXPONENTIAL, SIGNED, TABLE = 0, 1, 2, 3
-GUIDE_SHIFT = 16  # a ratio's float32 bits >> 16 (exponent and 7 mantissa bits) index a guide
+from lightning_quant.quantizers.kernels.levels import EXPONENTIAL, GUIDE_SHIFT, TABLE, UNIFORM
+
 TASK = 1 << 15  # elements per task: a task's codes stay in L1/L2
 PIECE = 1 << 15  # elements per partial norm of a bucket larger than a task
 
@@ -199,25 +196,6 @@ def _quantize_signed(xs, inv, s, noise, codes):
         lower = np.floor(x)
         q = lower + one if noise[j] >= one - (x - lower) else lower  # as the uniform levels
         codes[j] = np.uint8(np.int32(q + sf))
-
-
-def lookup(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(table, guide)`` for the TABLE mode: ``guide[u]`` is the last level at or
-    below the smallest ratio in ``[0, 1]`` whose ``float32`` bits start with ``u``.
-
-    Non-negative floats order as their bits do, so the guide puts a ratio within one
-    comparison of its level (where a bisection would take one per bit of the width), as
-    long as neighbouring nonzero levels are more than ``2**-7`` apart, relatively.
-    """
-    table = np.ascontiguousarray(table, np.float32)
-    nonzero = table[table > 0]
-    if np.any(nonzero[1:] <= nonzero[:-1] * (1 + 2.0**-7)):
-        raise ValueError("levels must be more than 1/128 apart, relatively (a base <= 0.99)")
-    floors = (np.arange((0x3F800000 >> GUIDE_SHIFT) + 1, dtype=np.uint32) << GUIDE_SHIFT).view(
-        np.float32
-    )
-    guide = (np.searchsorted(table, floors, side="right") - 1).clip(0, None).astype(np.uint8)
-    return table, guide
 
 
 @njit(cache=True, nogil=True)
