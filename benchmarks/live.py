@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=0.25, help="seconds between polls")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lq-live-") as directory:
-        with running_server(Path(directory) / "live.db") as base_url:
+        with running_server(f"sqlite:///{Path(directory) / 'live.db'}") as base_url:
             sweep = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.sweep", "--task", "digits", "--schemes",
                  args.schemes, "--bits", "4", "--steps", str(args.steps), "--api", base_url],

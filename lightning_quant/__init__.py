@@ -1,9 +1,9 @@
 """lightning-quant: quantized gradient exchange for data-parallel training.
 
-Importing the package registers the Lightning strategy names ``ddp_qsgd``,
-``ddp_qsgd_inf``, ``ddp_nuqsgd``, ``ddp_dqsgd``, ``ddp_global_qsgd``, the baselines
-``ddp_fp32``, ``ddp_fp16``, ``ddp_bf16`` and PyTorch's peers ``ddp_torch_fp16``,
-``ddp_torch_powersgd``.
+Importing the package registers a Lightning strategy name ``ddp_<scheme>`` for every
+scheme (``ddp_qsgd``, ``ddp_qsgd_inf``, ``ddp_nuqsgd``, ``ddp_dqsgd``, ``ddp_global_qsgd``,
+``ddp_global_qsgd_exp``), the baselines (``ddp_fp32``, ``ddp_fp16``, ``ddp_bf16``) and
+PyTorch's peers (``ddp_torch_fp16``, ``ddp_torch_powersgd``).
 """
 
 from lightning_quant.hooks import QuantizedCommState, make_comm_hook, quantized_hook

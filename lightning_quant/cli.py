@@ -144,6 +144,36 @@ def dashboard(
         _fail(error)
 
 
+def _comparison_link(dashboard_url: str, api_url: str, records_path: Path) -> str:
+    """The dashboard's URL opened on the sweep's runs, fp32 DDP as the baseline (the bare
+    URL when the runs cannot be found)."""
+    import json
+
+    import httpx
+
+    from lightning_quant.runstore.client import api_base, default_token
+
+    token = default_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    ids, baseline = [], None
+    try:
+        for record in json.loads(records_path.read_text()):
+            answer = httpx.get(
+                f"{api_base(api_url)}/runs", params={"run_key": record["run_key"]},
+                headers=headers, timeout=5.0, trust_env=False,
+            )  # fmt: skip
+            for run in answer.raise_for_status().json()["data"]:
+                ids.append(run["id"])
+                if record["scheme"] == "fp32" and baseline is None:
+                    baseline = run["id"]
+    except (OSError, ValueError, KeyError, httpx.HTTPError):
+        return dashboard_url
+    if not ids:
+        return dashboard_url
+    query = f"runs={','.join(map(str, ids))}" + (f"&baseline={baseline}" if baseline else "")
+    return f"{dashboard_url}/?{query}"
+
+
 def _sweep(args: list[str]) -> int:
     """Run ``python -m benchmarks.sweep ARGS`` in its own process; return its exit code."""
     return subprocess.run([sys.executable, "-m", "benchmarks.sweep", *args], check=False).returncode
@@ -221,7 +251,8 @@ def demo(
         )  # fmt: skip
         if code:
             typer.secho("some demo runs failed; see the table above", fg=typer.colors.YELLOW)
-        typer.secho(f"\n  dashboard: {dashboard_url}\n  REST API:  {api_url}/docs", bold=True)
+        link = _comparison_link(dashboard_url, api_url, data_dir / "demo-runs.json")
+        typer.secho(f"\n  dashboard: {link}\n  REST API:  {api_url}/docs", bold=True)
         if serve_forever:
             typer.echo("serving until Ctrl-C")
             signal.signal(signal.SIGTERM, _exit_on_signal)

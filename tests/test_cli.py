@@ -64,5 +64,11 @@ def test_demo_serves_api_and_dashboard_and_stores_real_runs(tmp_path: Path) -> N
     assert {r["scheme"] for r in records} == {"fp32", "qsgd"}
     assert all(r["status"] == "ok" for r in records)
     assert (tmp_path / "data" / "lightning_quant.db").exists()
+    # the link printed last opens the dashboard on these runs, fp32 as the baseline
+    link = [line for line in result.stdout.splitlines() if "dashboard:" in line][-1]
+    link = link.split("dashboard:")[1].strip()
+    assert link.startswith(f"http://127.0.0.1:{dashboard_port}/?runs=")
+    assert len(link.split("runs=")[1].split("&")[0].split(",")) == len(records)
+    assert "&baseline=" in link
     with pytest.raises(httpx.TransportError):  # --no-serve: everything stopped
         httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=2, trust_env=False)
