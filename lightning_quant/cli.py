@@ -151,10 +151,9 @@ def _comparison_link(dashboard_url: str, api_url: str, records_path: Path) -> st
 
     import httpx
 
-    from lightning_quant.runstore.client import api_base, default_token
+    from lightning_quant.runstore.client import api_base, auth_headers
 
-    token = default_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = auth_headers(None)  # the environment's token, if any
     ids, baseline = [], None
     try:
         for record in json.loads(records_path.read_text()):

@@ -28,7 +28,14 @@ import httpx
 
 from lightning_quant.runstore.records import API_PREFIX, MetricPoint, RunRecord, check_fields
 
-__all__ = ["DEFAULT_SPOOL_DIR", "StoreClient", "api_base", "default_token", "replay_spool"]
+__all__ = [
+    "DEFAULT_SPOOL_DIR",
+    "StoreClient",
+    "api_base",
+    "auth_headers",
+    "default_token",
+    "replay_spool",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,8 @@ def default_token() -> str | None:
     return os.environ.get("LQ_API_TOKEN") or os.environ.get("LQ_API_READ_TOKEN") or None
 
 
-def _headers(token: str | None) -> dict[str, str]:
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The bearer header for ``token``, else for :func:`default_token` (none without one)."""
     token = token or default_token()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -163,7 +171,7 @@ class StoreClient:
 
     def _work(self) -> None:
         with httpx.Client(
-            timeout=self.timeout, headers=_headers(self.token), trust_env=False
+            timeout=self.timeout, headers=auth_headers(self.token), trust_env=False
         ) as http:
             done = False
             while not done:
@@ -332,7 +340,7 @@ def replay_spool(
     """Send every spooled run record to the API; return (files delivered, files left)."""
     delivery = _Delivery(api_base(url))
     delivered = left = 0
-    with httpx.Client(timeout=10.0, headers=_headers(token), trust_env=False) as http:
+    with httpx.Client(timeout=10.0, headers=auth_headers(token), trust_env=False) as http:
         for path in sorted(Path(spool_dir).glob("*.jsonl")):
             try:
                 delivery.replay(http, path)

@@ -64,6 +64,7 @@ __all__ = [
     "encode_buckets",
     "encode_shared",
     "finish_decode",
+    "output_f32",
     "max_abs",
     "supports",
     "uniforms",
@@ -230,7 +231,7 @@ def decode_buckets(
             exponential=exponential, numel=numel, out=out, table=table,
         )  # fmt: skip
     module = _require()
-    out = _output(out, numel)
+    out = output_f32(out, data, numel)
     if numel == 0:
         return out
     _check_packed(data, bits, numel)
@@ -319,7 +320,7 @@ def decode_shared(
             data, bits=bits, numel=numel, offset=offset, step=step, out=out
         )
     module = _require()
-    out = _output(out, numel)
+    out = output_f32(out, data, numel)
     if numel == 0:
         return out
     _check_packed(data, bits, numel)
@@ -357,14 +358,19 @@ def writable_f32(out: torch.Tensor | None, like: torch.Tensor, numel: int) -> to
     return out.view(-1)
 
 
-def _output(out: torch.Tensor | None, numel: int) -> torch.Tensor:
+def output_f32(out: torch.Tensor | None, like: torch.Tensor, numel: int) -> torch.Tensor:
+    """Return the flat ``float32`` tensor a decode of ``like`` (the payload's data) writes:
+    ``out`` (checked by :func:`writable_f32`), or a new one on ``like``'s device."""
     if out is None:
         # A fresh result costs its page faults on first touch (some 12 ms for 64 MB on a
         # 2-core VM, more than the decode): pass ``out`` to decode into an existing buffer.
-        return torch.empty(numel, dtype=torch.float32)
-    if writable_f32(out, torch.empty(0), numel) is None:
-        raise ValueError(f"out must be a contiguous float32 CPU tensor of {numel} elements")
-    return out.view(-1)
+        return torch.empty(numel, dtype=torch.float32, device=like.device)
+    view = writable_f32(out, like, numel)
+    if view is None:
+        raise ValueError(
+            f"out must be a contiguous float32 tensor of {numel} elements on {like.device}"
+        )
+    return view
 
 
 # the level modes that need no table get this one

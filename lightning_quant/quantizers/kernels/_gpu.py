@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from lightning_quant.packing import packed_nbytes
+from lightning_quant.quantizers.kernels import draw_key, output_f32  # loaded before this
 from lightning_quant.quantizers.kernels.levels import (
     EXPONENTIAL,
     GUIDE_SHIFT,
@@ -184,8 +185,6 @@ def generator_key(generator: torch.Generator | None, device: torch.device) -> in
         seed, offset = generator.initial_seed(), generator.get_offset()
         generator.set_offset(offset + 4)  # CUDA Philox offsets move in fours
         return _mix(seed * 0x9E3779B97F4A7C15 + offset)
-    from lightning_quant.quantizers.kernels import draw_key  # the package imports this lazily
-
     return draw_key(generator)
 
 
@@ -328,7 +327,7 @@ def decode_buckets(
     table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`lightning_quant.quantizers.kernels.decode_buckets` for CUDA tensors."""
-    out = _output(out, numel, data.device)
+    out = output_f32(out, data, numel)
     mode = _level_mode(exponential, table)
     return decode(
         data, scales, out, bits=bits, bucket_size=bucket_size, levels=levels, mode=mode,
@@ -363,16 +362,8 @@ def decode_shared(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`lightning_quant.quantizers.kernels.decode_shared` for CUDA tensors."""
-    out = _output(out, numel, data.device)
+    out = output_f32(out, data, numel)
     return decode(
         data, step.reshape(1), out, bits=bits, bucket_size=numel, levels=0, mode=SIGNED,
         offset=offset,
     )  # fmt: skip
-
-
-def _output(out: torch.Tensor | None, numel: int, device: torch.device) -> torch.Tensor:
-    if out is None:
-        return torch.empty(numel, dtype=torch.float32, device=device)
-    if out.dtype != torch.float32 or not out.is_contiguous() or out.device != device:
-        raise ValueError(f"out must be a contiguous float32 tensor on {device}")
-    return out.view(-1)
