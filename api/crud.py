@@ -18,7 +18,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
@@ -207,9 +206,7 @@ def _insert_ignoring_duplicates(*, session: Session, rows: list[dict[str, Any]])
     if dialect == "sqlite":
         statement = sqlite_insert(table).on_conflict_do_nothing()
     elif dialect == "postgresql":
-        # psycopg's executemany reports no summed rowcount: count the rows it returns
-        inserted = postgresql_insert(table).on_conflict_do_nothing().returning(table.c.step)
-        return len(session.execute(inserted, rows).all())
+        return _copy_ignoring_duplicates(session=session, rows=rows)
     else:  # portable fallback: drop the keys already stored, then a plain insert
         run_id = rows[0]["run_id"]
         stored = set(
@@ -224,6 +221,25 @@ def _insert_ignoring_duplicates(*, session: Session, rows: list[dict[str, Any]])
         statement = insert(table)
     result = session.execute(statement, rows)
     return max(result.rowcount, 0)  # type: ignore[attr-defined]
+
+
+def _copy_ignoring_duplicates(*, session: Session, rows: list[dict[str, Any]]) -> int:
+    """PostgreSQL: COPY the rows into a staging table private to this connection, then move
+    the new ones over in one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. COPY streams
+    the batch in one round trip, several times faster than a multi-row insert."""
+    columns = ", ".join(rows[0])
+    cursor = session.connection().connection.cursor()  # psycopg's, in this transaction
+    cursor.execute(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS metric_incoming (LIKE metric) ON COMMIT DELETE ROWS"
+    )
+    with cursor.copy(f"COPY metric_incoming ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(tuple(row.values()))
+    cursor.execute(
+        f"INSERT INTO metric ({columns}) SELECT {columns} FROM metric_incoming "
+        "ON CONFLICT DO NOTHING"
+    )
+    return max(cursor.rowcount, 0)
 
 
 def create_metrics(*, session: Session, db_run: Run, points: Sequence[MetricCreate]) -> int:

@@ -273,12 +273,23 @@ class _Delivery:
             _call(http, "POST", f"{self.base}/runs/{run_id}/metrics", json={"points": points})
 
     def replay(self, http: httpx.Client, path: Path, batch_values: int = 6000) -> int:
-        """Send every event of a spool file in order, then delete it; return events sent."""
+        """Send every event of a spool file in order, then delete it; return events sent.
+
+        When the API fails part way, the file keeps only what was not delivered, so a
+        slow server still sees progress from one attempt to the next.
+        """
         if not path.exists():
             return 0
         events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        for batch in _coalesce(events, batch_values):
-            self.send(http, batch)
+        batches = _coalesce(events, batch_values)
+        for i, batch in enumerate(batches):
+            try:
+                self.send(http, batch)
+            except _Offline:
+                if i:
+                    rest = [json.dumps(event) + "\n" for later in batches[i:] for event in later]
+                    path.write_text("".join(rest))
+                raise
         path.unlink()
         return len(events)
 

@@ -96,7 +96,8 @@ def test_eight_clients_at_once_store_exact_counts(db_server, tmp_path) -> None:
     steps, names = 2000, ("loss", "sent_bytes", "encode_s", "communicate_s", "decode_s")
 
     def report(i: int) -> None:
-        client = StoreClient(db_server.base_url, spool_dir=tmp_path / f"spool{i}")
+        # a loaded machine may answer late: a timed-out batch is spooled and sent again
+        client = StoreClient(db_server.base_url, spool_dir=tmp_path / f"spool{i}", timeout=30)
         key = client.create(RunRecord(name=f"r{i}", scheme="qsgd"))
         for step in range(steps):
             client.log(key, [MetricPoint(step, dict.fromkeys(names, step * 0.5 + i))])
@@ -137,6 +138,36 @@ def test_api_down_never_blocks_and_replay_delivers_later(tmp_path) -> None:
         assert loss["count"] == 500
     finally:
         server.stop()
+
+
+def test_a_replay_cut_short_keeps_only_what_was_not_delivered(api_server, tmp_path) -> None:
+    from lightning_quant.runstore.client import _Delivery, _Offline
+
+    spool = tmp_path / "spool"
+    client = StoreClient(f"http://127.0.0.1:{free_port()}", spool_dir=spool, timeout=0.5)
+    key = client.create(RunRecord(name="slow", scheme="qsgd"))
+    for step in range(40):  # 40 events, sent in batches of 10 values
+        client.log(key, [MetricPoint(step, {"loss": float(step)})])
+    assert not client.close(timeout=10)
+    [path] = spool.glob("*.jsonl")
+    sent = 0
+
+    def cut_after_three(request: httpx.Request) -> None:
+        nonlocal sent
+        sent += 1
+        if sent > 3:  # the create and two batches get through, then the link fails
+            raise httpx.ConnectError("link down", request=request)
+
+    delivery = _Delivery(api_server.api_url)
+    with httpx.Client(trust_env=False, event_hooks={"request": [cut_after_three]}) as http:
+        with pytest.raises(_Offline, match="link down"):
+            delivery.replay(http, path, batch_values=10)
+    assert len(path.read_text().splitlines()) == 20  # two batches of 10 delivered, dropped
+    assert replay_spool(api_server.base_url, spool) == (1, 0)  # a new client, by run key
+    with api_server.client() as http:
+        [run] = http.get("/runs").json()["data"]
+        loss = http.get(f"/runs/{run['id']}/metrics", params={"names": "loss"}).json()
+    assert [m["step"] for m in loss["data"]] == list(range(40))
 
 
 def test_a_run_key_is_created_once_however_often_it_is_sent(api_server, tmp_path) -> None:
