@@ -154,7 +154,7 @@ def test_two_stages_stay_unbiased_and_within_their_variance_bound(
         world_size,
         tmp_path,
         scheme=scheme,
-        draws=300,
+        draws=150,
         bits=bits,
         single=single,
     )
