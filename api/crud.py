@@ -202,10 +202,10 @@ def compare_runs(
 def _insert_ignoring_duplicates(*, session: Session, rows: list[dict[str, Any]]) -> int:
     """Insert metric rows in one statement, skipping keys already stored; return the count."""
     table = Metric.__table__
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
+    dialect = session.get_bind().dialect
+    if dialect.name == "sqlite":
         statement = sqlite_insert(table).on_conflict_do_nothing()
-    elif dialect == "postgresql":
+    elif dialect.name == "postgresql" and dialect.driver == "psycopg":
         return _copy_ignoring_duplicates(session=session, rows=rows)
     else:  # portable fallback: drop the keys already stored, then a plain insert
         run_id = rows[0]["run_id"]
@@ -224,17 +224,32 @@ def _insert_ignoring_duplicates(*, session: Session, rows: list[dict[str, Any]])
 
 
 def _copy_ignoring_duplicates(*, session: Session, rows: list[dict[str, Any]]) -> int:
-    """PostgreSQL: COPY the rows into a staging table private to this connection, then move
-    the new ones over in one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. COPY streams
-    the batch in one round trip, several times faster than a multi-row insert."""
+    """PostgreSQL with psycopg: COPY streams the batch in one round trip, several times
+    faster than a multi-row insert. A new batch, the usual case, is copied straight into
+    the table inside a savepoint. A batch holding a key already stored (a retry) is copied
+    instead into a staging table private to this connection, and its new rows move over in
+    one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``."""
+    from psycopg.errors import UniqueViolation
+
     columns = ", ".join(rows[0])
-    cursor = session.connection().connection.cursor()  # psycopg's, in this transaction
+    connection = session.connection()
+    cursor = connection.connection.cursor()  # psycopg's, in this transaction
+
+    def copy_into(table: str) -> None:
+        with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(tuple(row.values()))
+
+    try:
+        with connection.begin_nested():  # SAVEPOINT, rolled back on a duplicate key
+            copy_into("metric")
+        return len(rows)
+    except UniqueViolation:
+        pass
     cursor.execute(
         "CREATE TEMPORARY TABLE IF NOT EXISTS metric_incoming (LIKE metric) ON COMMIT DELETE ROWS"
     )
-    with cursor.copy(f"COPY metric_incoming ({columns}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(tuple(row.values()))
+    copy_into("metric_incoming")
     cursor.execute(
         f"INSERT INTO metric ({columns}) SELECT {columns} FROM metric_incoming "
         "ON CONFLICT DO NOTHING"
@@ -245,9 +260,10 @@ def _copy_ignoring_duplicates(*, session: Session, rows: list[dict[str, Any]]) -
 def create_metrics(*, session: Session, db_run: Run, points: Sequence[MetricCreate]) -> int:
     """Store each step's named values for the run; values already stored are kept as they
     are, so a retried batch changes nothing. Return how many values were new."""
+    run_id = db_run.id
     rows = [
         {
-            "run_id": db_run.id,
+            "run_id": run_id,
             "name": name,
             "step": point.step,
             "value": value,
