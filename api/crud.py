@@ -229,7 +229,7 @@ def _copy_ignoring_duplicates(*, session: Session, rows: list[dict[str, Any]]) -
     the table inside a savepoint. A batch holding a key already stored (a retry) is copied
     instead into a staging table private to this connection, and its new rows move over in
     one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``."""
-    from psycopg.errors import UniqueViolation
+    from psycopg.errors import UniqueViolation  # psycopg is an optional extra
 
     columns = ", ".join(rows[0])
     connection = session.connection()

@@ -21,13 +21,13 @@ import multiprocessing
 import os
 import socket
 import sys
+import time
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 PRELOAD = [
     "torch",
     "torch.distributed",
@@ -60,6 +60,7 @@ def run_ranks(
     procs = []
     for rank in range(world_size):
         env = {
+            **os.environ,  # as the test sees it now, not as the forkserver started
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
             "WORLD_SIZE": str(world_size),
@@ -72,9 +73,10 @@ def run_ranks(
         proc = _forkserver().Process(target=_rank_main, args=args, name=f"rank{rank}")
         proc.start()
         procs.append(proc)
+    deadline = time.monotonic() + timeout
     try:
         for proc in procs:
-            proc.join(timeout)
+            proc.join(max(0.0, deadline - time.monotonic()))
             if proc.exitcode is None:
                 for other in procs:
                     other.kill()
@@ -94,6 +96,7 @@ def _rank_main(target: str, kwargs: dict, workdir: Path, rank: int, env: dict) -
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
     faulthandler.enable()
+    os.environ.clear()
     os.environ.update(env)
     os.chdir(workdir)
     torch.set_num_threads(1)
