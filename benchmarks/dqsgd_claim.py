@@ -1,11 +1,12 @@
 """DQ-SGD's claim, checked: to the validation loss fixed-width QSGD ends at, fewer bytes.
 
 The DQ-SGD paper (Yan et al., arXiv 2107.14575) claims that choosing the width per step
-reaches a given accuracy with fewer bits than a fixed width. This runs one sweep of
-fixed-width ``qsgd`` beside ``dqsgd`` (same task, ranks, steps and seeds), then, seed by
-seed: the final validation loss ``qsgd`` reaches, the bytes ``qsgd`` sent in the whole
-run, and the bytes ``dqsgd`` had sent at its first validation at or below that loss. The
-goal: ``dqsgd``'s bytes at most 0.8x ``qsgd``'s, averaged over the seeds.
+reaches a given accuracy with fewer bits than a fixed width. This runs a sweep of
+fixed-width ``qsgd``, then one of ``dqsgd`` for each ``--settings`` variant (same task,
+ranks, steps and seeds), and reads, seed by seed: the final validation loss ``qsgd``
+reaches, the bytes ``qsgd`` sent in the whole run, and the bytes ``dqsgd`` had sent at
+its first validation at or below that loss. The goal: ``dqsgd``'s bytes at most 0.8x
+``qsgd``'s, averaged over the seeds.
 
 Bytes are rank 0's sent bytes (as the hook counts them from its collectives'
 algorithms), validation every ``--val-every`` steps, so the ratio is read at that grain.
@@ -14,6 +15,7 @@ Run::
 
     python -m benchmarks.dqsgd_claim --json benchmarks/results/dqsgd_claim.json \\
         --markdown benchmarks/results/dqsgd_claim.md      # lm, 4 ranks, 3 seeds
+    python -m benchmarks.dqsgd_claim --settings target_error=3000 target_error=3000,mu=10
     python -m benchmarks.dqsgd_claim --from-json benchmarks/results/dqsgd_claim.json
 """
 
@@ -31,24 +33,28 @@ from typing import Any
 
 from benchmarks.sweep import first_reaching
 
-__all__ = ["GOAL", "compare", "main", "table"]
+__all__ = ["DEFAULT_SETTINGS", "GOAL", "compare", "main", "table"]
 
 GOAL = 0.8  # dqsgd's bytes to qsgd's final validation loss, over qsgd's
+DEFAULT_SETTINGS = "target_error=3000,min_bits=2,max_bits=8"
 
 
 def compare(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return, per seed, qsgd's final validation loss and bytes, and dqsgd's bytes to it."""
-    runs = {(r["scheme"], r["seed"]): r for r in records if r["status"] == "ok"}
+    """Return, per dqsgd run, qsgd's final validation loss and bytes (same seed) and
+    dqsgd's bytes to that loss; ``settings`` names the dqsgd variant."""
+    runs = [r for r in records if r["status"] == "ok"]
+    qsgd_runs = {r["seed"]: r for r in runs if r["scheme"] == "qsgd"}
     rows = []
-    for seed in sorted({seed for scheme, seed in runs if scheme == "qsgd"}):
-        qsgd, dqsgd = runs[("qsgd", seed)], runs.get(("dqsgd", seed))
-        if dqsgd is None:
+    for dqsgd in runs:
+        qsgd = qsgd_runs.get(dqsgd["seed"])
+        if dqsgd["scheme"] != "dqsgd" or qsgd is None:
             continue
         loss = qsgd["final_val_loss"]
         reached = first_reaching(dqsgd["validations"], "val_loss", loss, higher_is_better=False)
         rows.append(
             {
-                "seed": seed,
+                "settings": dqsgd.get("dqsgd_settings", DEFAULT_SETTINGS),
+                "seed": dqsgd["seed"],
                 "qsgd_final_val_loss": loss,
                 "qsgd_bytes": qsgd["total_sent_bytes"],
                 "qsgd_mean_bits": qsgd["mean_bits"],
@@ -63,14 +69,12 @@ def compare(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def table(rows: Sequence[dict[str, Any]], settings: str) -> str:
-    """Format the comparison as Markdown, with the verdict against the goal."""
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """Format the comparison as Markdown, with each dqsgd variant's verdict on the goal."""
     lines = [
-        f"dqsgd settings: {settings or 'defaults'}",
-        "",
-        "| seed | qsgd final val loss | qsgd MB (mean bits) | dqsgd final val loss | "
-        "dqsgd MB to qsgd's loss (step) | dqsgd mean bits | ratio |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| dqsgd settings | seed | qsgd final val loss | qsgd MB (mean bits) | "
+        "dqsgd final val loss | dqsgd MB to qsgd's loss (step) | dqsgd mean bits | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         reached = (
@@ -80,20 +84,37 @@ def table(rows: Sequence[dict[str, Any]], settings: str) -> str:
         )
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
         lines.append(
-            f"| {r['seed']} | {r['qsgd_final_val_loss']:.4f} | {r['qsgd_bytes'] / 1e6:.1f} "
-            f"({r['qsgd_mean_bits']:.2f}) | {r['dqsgd_final_val_loss']:.4f} | {reached} | "
-            f"{r['dqsgd_mean_bits']:.2f} | {ratio} |"
+            f"| {r['settings']} | {r['seed']} | {r['qsgd_final_val_loss']:.4f} | "
+            f"{r['qsgd_bytes'] / 1e6:.1f} ({r['qsgd_mean_bits']:.2f}) | "
+            f"{r['dqsgd_final_val_loss']:.4f} | {reached} | {r['dqsgd_mean_bits']:.2f} | {ratio} |"
         )
-    ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
     lines.append("")
-    if rows and len(ratios) == len(rows):
-        mean = statistics.fmean(ratios)
-        verdict = "met" if mean <= GOAL else "missed"
-        lines.append(f"mean ratio {mean:.2f}x over {len(rows)} seeds: goal <= {GOAL}x {verdict}")
-    else:
-        missing = len(rows) - len(ratios)
-        lines.append(f"dqsgd did not reach qsgd's final loss in {missing} of {len(rows)} seeds")
+    for settings in dict.fromkeys(r["settings"] for r in rows):
+        lines.append(f"{settings}: {_verdict([r for r in rows if r['settings'] == settings])}")
     return "\n".join(lines)
+
+
+def _verdict(rows: Sequence[dict[str, Any]]) -> str:
+    ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+    if len(ratios) < len(rows):
+        return f"did not reach qsgd's final loss in {len(rows) - len(ratios)} of {len(rows)} seeds"
+    mean = statistics.fmean(ratios)
+    return f"mean ratio {mean:.2f}x over {len(rows)} seeds: goal <= {GOAL}x " + (
+        "met" if mean <= GOAL else "missed"
+    )
+
+
+def _sweep(args: argparse.Namespace, scheme: str, settings: str, out: Path) -> list[dict]:
+    """Run one sweep of ``scheme`` over the seeds and return its records."""
+    command = [
+        sys.executable, "-m", "benchmarks.sweep", "--task", args.task, "--schemes", scheme,
+        "--bits", args.bits, "--world-size", args.world_size, "--seeds", args.seeds,
+        "--steps", args.steps, "--val-every", args.val_every, "--json", str(out),
+        *(["--settings", settings] if settings else []),
+        *(["--api", args.api] if args.api else []),
+    ]  # fmt: skip
+    subprocess.run(command, check=True)
+    return json.loads(out.read_text())
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -106,11 +127,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--val-every", default="20")
     parser.add_argument(
         "--settings",
-        default="target_error=3000,min_bits=2,max_bits=8",
-        help="dqsgd's settings (the sweep's --settings)",
+        nargs="+",
+        default=[DEFAULT_SETTINGS],
+        help="dqsgd's settings (the sweep's --settings), one variant each; qsgd runs once",
     )
     parser.add_argument("--api", help="also store the runs in this lightning-quant API")
-    parser.add_argument("--json", type=Path, help="write the sweep's records here")
+    parser.add_argument("--json", type=Path, help="write the sweeps' records here")
     parser.add_argument("--markdown", type=Path, help="write the comparison here")
     parser.add_argument("--from-json", type=Path, help="compare these records; run nothing")
     args = parser.parse_args(argv)
@@ -119,19 +141,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         records = json.loads(args.from_json.read_text())
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            out = args.json or Path(tmp) / "records.json"
-            sweep = [
-                sys.executable, "-m", "benchmarks.sweep", "--task", args.task,
-                "--schemes", "qsgd,dqsgd", "--bits", args.bits,
-                "--world-size", args.world_size, "--seeds", args.seeds,
-                "--steps", args.steps, "--val-every", args.val_every,
-                "--settings", args.settings, "--json", str(out),
-                *(["--api", args.api] if args.api else []),
-            ]  # fmt: skip
-            subprocess.run(sweep, check=True)
-            records = json.loads(out.read_text())
+            records = _sweep(args, "qsgd", "", Path(tmp) / "qsgd.json")
+            for i, settings in enumerate(args.settings):
+                variant = _sweep(args, "dqsgd", settings, Path(tmp) / f"dqsgd{i}.json")
+                records += [{**r, "dqsgd_settings": settings} for r in variant]
+                if args.json:  # after every sweep, so a long run leaves what it finished
+                    args.json.write_text(json.dumps(records, indent=1))
     rows = compare(records)
-    text = table(rows, args.settings)
+    text = table(rows)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
