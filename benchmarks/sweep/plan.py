@@ -82,16 +82,23 @@ class RunSpec:
         )
 
     def quantizer_settings(self) -> dict[str, Any]:
-        """Return the settings the ranks build the scheme with: ``bits`` and
-        ``bucket_size`` where it has them (DQ-SGD: ``bits`` is its largest width, and its
-        bound assumes the task's learning rate), then ``--settings``."""
-        if self.scheme not in available_quantizers():
-            return {}
-        fields = quantizer_settings(self.scheme)
-        settings = _settings(self.scheme, self.bits, self.bucket_size)
-        if "max_bits" in fields:
-            settings.update(max_bits=self.bits, lr=TASKS[self.task].lr)
-        return {**settings, **dict(self.settings)}
+        """Return the settings the ranks build the scheme with."""
+        return scheme_settings(self.scheme, self.task, self.bits, self.bucket_size, self.settings)
+
+
+def scheme_settings(
+    scheme: str, task: str, bits: int, bucket_size: int, settings: tuple[tuple[str, Any], ...]
+) -> dict[str, Any]:
+    """Return the settings a run builds ``scheme`` with: ``bits`` and ``bucket_size``
+    where it has them (DQ-SGD: ``bits`` is its largest width, and its bound assumes the
+    task's learning rate), then ``--settings``."""
+    if scheme not in available_quantizers():
+        return {}
+    fields = quantizer_settings(scheme)
+    built = {k: v for k, v in (("bits", bits), ("bucket_size", bucket_size)) if k in fields}
+    if "max_bits" in fields:
+        built.update(max_bits=bits, lr=TASKS[task].lr)
+    return {**built, **dict(settings)}
 
 
 def known_schemes() -> list[str]:
@@ -108,11 +115,6 @@ def wire_bits(scheme: str) -> int | None:
     return None if "bits" in quantizer_settings(scheme) else get_quantizer(scheme).bits
 
 
-def _settings(scheme: str, bits: int, bucket_size: int) -> dict[str, Any]:
-    fields = quantizer_settings(scheme)
-    return {k: v for k, v in (("bits", bits), ("bucket_size", bucket_size)) if k in fields}
-
-
 def own_settings(scheme: str, settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """Return the ``--settings`` that ``scheme`` has, sorted."""
     if scheme not in available_quantizers():
@@ -122,21 +124,16 @@ def own_settings(scheme: str, settings: dict[str, Any]) -> tuple[tuple[str, Any]
 
 
 def _collectives(
-    scheme: str,
-    bits: int,
-    world: int,
-    bucket_size: int,
-    requested: list[str],
-    settings: tuple[tuple[str, Any], ...],
+    scheme: str, built: dict[str, Any], world: int, requested: list[str]
 ) -> tuple[list[str], str | None]:
-    """Return the collectives ``scheme`` runs with among ``world`` ranks (each once), or
-    why it cannot run."""
+    """Return the collectives ``scheme``, built with ``built``, runs with among ``world``
+    ranks (each once), or why it cannot run."""
     if scheme in UNAVAILABLE_PEERS:
         return [Collective.ALLREDUCE], UNAVAILABLE_PEERS[scheme][1]
     if scheme in PEERS:
         return [Collective.ALLREDUCE], None  # PyTorch's hooks all-reduce
     try:
-        q = get_quantizer(scheme, **_settings(scheme, bits, bucket_size), **dict(settings))
+        q = get_quantizer(scheme, **built)
     except ValueError as error:
         return [AUTO], f"unavailable: {error}"
     usable = []
@@ -187,9 +184,8 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
             _paths(scheme, world, per_node, args.hierarchical),
         ):
             reducing = nodes if hierarchical else world  # ranks the quantized collective spans
-            collectives, why = _collectives(
-                scheme, bits, reducing, args.bucket_size, args.collective, settings
-            )
+            built = scheme_settings(scheme, args.task, bits, args.bucket_size, settings)
+            collectives, why = _collectives(scheme, built, reducing, args.collective)
             for collective in collectives:
                 specs.append(
                     RunSpec(

@@ -350,6 +350,15 @@ def test_settings_go_to_the_schemes_that_have_them():
             sweep.parse_args(bad)
 
 
+def test_settings_are_checked_as_the_ranks_build_the_scheme():
+    """DQ-SGD's ``mu * lr < 1`` holds with the task's learning rate, not the default's."""
+    mu = ["--schemes", "dqsgd", "--task", "lm", "--world-size", "4", "--settings"]
+    (usable,) = sweep.plan_runs(sweep.parse_args([*mu, "mu=20"]))
+    assert usable.unavailable is None and usable.quantizer_settings()["lr"] == 1e-3
+    (refused,) = sweep.plan_runs(sweep.parse_args([*mu, "mu=1000"]))
+    assert "mu=1000, lr=0.001" in refused.unavailable
+
+
 def test_args_are_comma_lists():
     args = sweep.parse_args(["--bits", "2,4,4", "--world-size", "2,3", "--link", "none,1gbit"])
     assert isinstance(args, argparse.Namespace)
