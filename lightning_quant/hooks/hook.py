@@ -35,6 +35,7 @@ def quantized_hook(state: QuantizedCommState, bucket: dist.GradBucket) -> Future
     stats = state.begin_bucket(bucket)
     tensor = bucket.buffer()
     plan = state.plan(bucket)
+    state.measure_gradient(tensor, plan)  # before the path overwrites it with the mean
     path: Stages | Final
     if state.warming_up or not plan.compresses_any:
         stats.add(uncompressed_bytes=tensor.numel() * tensor.element_size())
@@ -43,13 +44,10 @@ def quantized_hook(state: QuantizedCommState, bucket: dist.GradBucket) -> Future
         path = _split(state, stats, plan, tensor)
     else:
         path = _compressed(state, stats, plan.compressed, tensor)
-    index = bucket.index()
-
-    def record_norm(mean: torch.Tensor) -> None:  # DQ-SGD decides from the shared norm
-        stats.bucket_sq_norms[index] = float(mean.float().pow(2).sum())
-
-    on_done = record_norm if state.policy is not None else None
-    return state.pipeline.run(path, tensor.device, bucket.is_last(), on_done)
+    future = state.pipeline.run(path, tensor.device, bucket.is_last())
+    if bucket.is_last():  # every rank has launched all of the step's other collectives
+        state.share_gradient_norm(stats)
+    return future
 
 
 def _job(

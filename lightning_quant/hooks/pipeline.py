@@ -134,7 +134,6 @@ def all_to_all(
 class _Reduction:
     stages: Stages
     future: Future[torch.Tensor]
-    on_done: Callable[[torch.Tensor], None] | None
     work: dist.Work | None = None
 
 
@@ -149,16 +148,13 @@ class Pipeline:
         path: Stages | Final,
         device: torch.device,
         last: bool,
-        on_done: Callable[[torch.Tensor], None] | None = None,
     ) -> Future[torch.Tensor]:
         """Start a bucket's reduction, move the earlier ones one stage on, and drain all at
         the last bucket; return the future DDP waits for.
-
-        ``on_done(mean)`` runs once the bucket's mean is written, before DDP sees it.
         """
         future: Future[torch.Tensor] = Future(devices=[device] if device.type == "cuda" else None)
         earlier, self._pending = self._pending, []
-        self._resume(_Reduction(as_stages(path), future, on_done))
+        self._resume(_Reduction(as_stages(path), future))
         for reduction in earlier:
             self._advance(reduction)
         while last and self._pending:
@@ -194,8 +190,6 @@ def _complete(reduction: _Reduction, done: Future[Any], finish: Callable[[], tor
     try:
         done.value()  # raises if the collective failed
         mean = finish()
-        if reduction.on_done is not None:
-            reduction.on_done(mean)
     except Exception as error:  # DDP raises it when it waits for the bucket
         reduction.future.set_exception(error)  # type: ignore[arg-type]
         return

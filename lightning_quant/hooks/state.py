@@ -16,7 +16,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from lightning_quant.collectives import AUTO, Collective, choose_collective
 from lightning_quant.hooks.feedback import Layout, ResidualMemory
 from lightning_quant.hooks.groups import Group, mesh_groups, node_mesh, world_group
-from lightning_quant.hooks.pipeline import Pipeline
+from lightning_quant.hooks.pipeline import Pipeline, all_reduce
 from lightning_quant.hooks.stats import StepStats
 from lightning_quant.quantizers import Quantizer, get_quantizer
 
@@ -113,7 +113,11 @@ class QuantizedCommState:
         )
         # internal state
         self.step = 0
-        self.last_grad_norm: float | None = None  # of the previous step's aggregated gradient
+        # DQ-SGD's input: the previous step's gradient norm, as the mean over ranks of
+        # their own squared norms (see share_gradient_norm)
+        self.last_grad_norm: float | None = None
+        self._local_sq_norm: torch.Tensor | None = None  # this step's, so far
+        self._shared_sq_norm: tuple[dist.Work, torch.Tensor] | None = None  # in flight
         two_stage = self.collective is Collective.REDUCE_SCATTER
         self.policy = quantizer.make_policy(workers=reducing.size, two_stage=two_stage)
         self.powersgd: Any = None  # PowerSGDState when running PyTorch's PowerSGD as a peer
@@ -182,13 +186,46 @@ class QuantizedCommState:
         if bucket.index() == 0:
             if self.current.buckets:
                 self.step += 1
-                self.last_grad_norm = math.sqrt(self.current.grad_sq_norm)
+                self._settle_gradient_norm()
             self.current = StepStats(step=self.step, world_size=self.world_size)
             bits = self.quantizer.bits
             self.current.bits = self.policy.choose(self.last_grad_norm) if self.policy else bits
         tensor = bucket.buffer()
         self.current.add(buckets=1, raw_bytes=tensor.numel() * tensor.element_size())
         return self.current
+
+    def measure_gradient(self, tensor: torch.Tensor, plan: BucketPlan) -> None:
+        """Add this rank's squared norm of the bucket's compressed elements (DQ-SGD only)."""
+        if self.policy is None:
+            return
+        if self._local_sq_norm is None:
+            self._local_sq_norm = torch.zeros(1, device=tensor.device)
+        for start, end, compressed in plan.runs:
+            if compressed:
+                self._local_sq_norm += tensor[start:end].float().pow(2).sum()
+
+    def share_gradient_norm(self, stats: StepStats) -> None:
+        """At the step's last bucket, start summing the ranks' squared norms (DQ-SGD only).
+
+        The rule needs the workers' gradient norm, the same on every rank. The norm of the
+        decoded mean is not it: quantization noise inflates it (about 3x at 3 bits on two
+        stages), so widths chosen from it swing between 3 and 5 bits. One all-reduce of a
+        float per step, launched after every other collective of the step, read at the
+        next step's first bucket.
+        """
+        total = self._local_sq_norm
+        if total is None:  # not DQ-SGD: nothing measured
+            return
+        self._shared_sq_norm = (all_reduce(stats, self.group, total), total)
+        self._local_sq_norm = None
+
+    def _settle_gradient_norm(self) -> None:
+        """Read the finished step's shared norm into ``last_grad_norm``."""
+        if self._shared_sq_norm is not None:
+            work, total = self._shared_sq_norm
+            work.wait()
+            self.last_grad_norm = math.sqrt(float(total) / self.world_size)
+            self._shared_sq_norm = None
 
     def compression_stats(self) -> dict[str, float]:
         """Return the figures of the latest step (complete once its backward has finished)."""
@@ -199,9 +236,10 @@ class QuantizedCommState:
     def state_dict(self) -> dict[str, Any]:
         """Return this rank's step, policy, residuals (by parameter) and random streams."""
         done = bool(self.current.buckets)  # the current step's backward has finished
+        self._settle_gradient_norm()
         return {
             "step": self.step + done,
-            "last_grad_norm": math.sqrt(self.current.grad_sq_norm) if done else self.last_grad_norm,
+            "last_grad_norm": self.last_grad_norm,
             "rank": self.rank,
             "world_size": self.world_size,
             "collective": str(self.collective),

@@ -68,20 +68,12 @@ class StepStats:
     step_s: float = 0.0  # the whole optimizer step, timed by the strategy (0 in plain DDP)
     bits: int = 0
     world_size: int = 1
-    # squared norms of the aggregated buckets, by bucket index (identical on every rank)
-    bucket_sq_norms: dict[int, float] = field(default_factory=dict)
     # future callbacks run on gloo/NCCL threads, possibly two at once
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # (counter, start, end) CUDA events not yet read
     pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = field(
         default_factory=list, repr=False
     )
-
-    @property
-    def grad_sq_norm(self) -> float:
-        """Squared norm of the aggregated gradient, summed in bucket order, so every rank
-        gets the same float whatever order its buckets completed in."""
-        return sum(self.bucket_sq_norms[i] for i in sorted(self.bucket_sq_norms))
 
     @property
     def compression_ratio(self) -> float:

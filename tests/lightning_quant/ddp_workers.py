@@ -159,6 +159,31 @@ def two_stage_variance(scheme: str, draws: int, bits: int, single: str) -> dict:
     return {"local": local, "exact": exact, "samples": samples}
 
 
+def dqsgd_gradient_norm(collective: str) -> dict:
+    """One step of DQ-SGD: the norm its rule will read next, and this rank's gradient."""
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    gen = torch.Generator().manual_seed(5 + rank)
+    x, y = torch.randn(8, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    model = _mlp()
+    local = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), list(model.parameters()))
+    ddp = _ddp(model, many_buckets=True)
+    state, hook = make_comm_hook(
+        "dqsgd", bits=3, collective=collective, min_compress_numel=0, compress_1d=True, seed=2
+    )
+    ddp.register_comm_hook(state.bind(ddp), hook)
+    nn.functional.cross_entropy(ddp(x), y).backward()
+    mean = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    saved = state.state_dict()  # waits for the step's shared norm
+    _shutdown()
+    return {
+        "norm": saved["last_grad_norm"],
+        "local": torch.cat([g.reshape(-1) for g in local]),
+        "decoded": float(mean.norm()),
+        "stats": state.compression_stats(),
+    }
+
+
 def error_feedback_ledger(scheme: str, bits: int, steps: int, **settings) -> dict:
     """Reduce one fixed gradient ``steps`` times with error feedback on both stages.
 

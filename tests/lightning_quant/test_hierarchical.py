@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from lightning_quant.collectives import Collective, ring_traffic
 from lightning_quant.hooks import make_comm_hook
 from lightning_quant.hooks.state import use_hierarchy
 from lightning_quant.quantizers import get_quantizer
@@ -72,6 +73,11 @@ def test_replicas_stay_bit_identical_and_count_intra_and_inter_bytes(nodes, loca
         for stats, numels in zip(first["stats"], first["numels"], strict=True):
             if nodes == 2:  # auto between 2 nodes: the all-gather
                 sizes = [expected_bytes(config, k, stats["bits"], nodes, local) for k in numels]
+                if config["scheme"] == "dqsgd":  # its gradient norm's sum over every rank
+                    ranks = range(nodes * local)
+                    node_of = [r // local for r in ranks]
+                    norm = ring_traffic(Collective.ALLREDUCE, 4, ranks, 0, node_of)
+                    sizes.append((norm.sent - norm.inter_node, norm.inter_node))
                 assert stats["intra_node_bytes"] == sum(i for i, _ in sizes), config
                 assert stats["inter_node_bytes"] == sum(e for _, e in sizes), config
             assert stats["collectives"] >= 3 * len(numels)  # inside, between, inside

@@ -126,15 +126,33 @@ def test_replicas_stay_bit_identical_on_many_small_buckets(world_size, tmp_path)
             assert [s["bits"] for s in other[index]["stats"]] == [
                 s["bits"] for s in first["stats"]
             ]  # DQ-SGD: the same width on every rank, both stages
+        norm = config["scheme"] == "dqsgd"  # + its gradient norm's all-reduce of 4 bytes
         for stats, numels in zip(first["stats"], first["numels"], strict=True):
             sizes = [expected_rs_bytes(config, k, stats["bits"], world_size) for k in numels]
+            sizes += [(4, round(2 * (world_size - 1) / world_size * 4))] if norm else []
             assert stats["payload_bytes"] == sum(p for p, _ in sizes), config
             assert stats["sent_bytes"] == sum(s for _, s in sizes), config
             per_bucket = 3 if config["scheme"].startswith("global_qsgd") else 2
-            assert stats["collectives"] == per_bucket * len(numels)
+            assert stats["collectives"] == per_bucket * len(numels) + norm
     dqsgd = results[0][3]["stats"]
     assert len({s["bits"] for s in dqsgd}) > 1  # its width really moved
     assert results[0][3]["kappa"] == pytest.approx(1 + 1 / world_size)  # two stages of n
+
+
+@pytest.mark.parametrize(("collective", "world_size"), [(RS, 3), ("allgather", 3), (RS, 4)])
+def test_dqsgd_reads_the_ranks_gradient_norm_not_the_noisy_mean(collective, world_size, tmp_path):
+    """Its rule wants the workers' gradient norm, the same on every rank: the root of the
+    mean of their squared norms, summed by one all-reduce of a float after the buckets'."""
+    results = run_ranks(
+        f"{WORKERS}:dqsgd_gradient_norm", world_size, tmp_path, collective=collective
+    )
+    local = torch.stack([r["local"] for r in results])
+    exact = math.sqrt(float(local.pow(2).sum()) / world_size)
+    for r in results:
+        assert r["norm"] == results[0]["norm"]  # the same float on every rank
+        assert r["norm"] == pytest.approx(exact, rel=1e-5)
+    # what the rule read before: the decoded 3-bit mean, its norm inflated by the noise
+    assert results[0]["decoded"] > 1.3 * float(local.mean(0).norm())
 
 
 @pytest.mark.parametrize(
