@@ -209,9 +209,9 @@ class QuantizedCommState:
 
         The rule needs the workers' gradient norm, the same on every rank. The norm of the
         decoded mean is not it: quantization noise inflates it (about 3x at 3 bits on two
-        stages), so widths chosen from it swing between 3 and 5 bits. One all-reduce of a
-        float per step, launched after every other collective of the step, read at the
-        next step's first bucket.
+        stages), the more the narrower the step. One all-reduce of a float per step,
+        launched after every other collective of the step, read at the next step's first
+        bucket.
         """
         total = self._local_sq_norm
         if total is None:  # not DQ-SGD: nothing measured

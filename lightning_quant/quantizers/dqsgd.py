@@ -24,7 +24,8 @@ levels. ``||g_t||`` must be the same on every rank: the DDP hook feeds the previ
 step's, as the root of the mean over ranks of each rank's own squared norm (of the
 elements it compresses), summed by one all-reduce of a float per step. Not the norm of
 the decoded mean: quantization noise inflates that (1.4-1.8x at 4 bits, 2.2-3x at 3, two
-stages on 4 ranks), and widths chosen from it swung between 3 and 5 bits.
+stages on 4 ranks), by an amount that depends on the width just used, so a narrow step
+would make the next one wider.
 
 With ``n`` workers the error that reaches the model is that of the aggregate, so ``V_t``
 is the aggregate's variance, and the same Lagrange argument gives every step the same
