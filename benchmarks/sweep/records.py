@@ -22,6 +22,7 @@ with the bytes sent before it, so any other target can be read off afterwards.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import statistics
@@ -58,7 +59,7 @@ RECORD_FIELDS = (
     "sent_bytes_per_rank", "inter_node_bytes_per_step", "inter_node_bytes_per_node",
     "measured_tx_bytes_per_step", "measured_inter_node_tx_bytes_per_step",
     "measured_inter_node_tx_bytes_per_node",
-    "compression_ratio", "mean_bits", "encode_s", "communicate_s", "decode_s",
+    "compression_ratio", "mean_bits", "steps_at_bits", "encode_s", "communicate_s", "decode_s",
     "final_loss", "test_accuracy", "test_loss",
     "final_val_loss", "final_val_acc", "val_checks", "val_s_per_check",
     "target_metric", "target", "time_to_target_s", "steps_to_target", "bytes_to_target",
@@ -188,6 +189,7 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         "measured_inter_node_tx_bytes_per_node": tx_per_node if tx else None,
         "compression_ratio": fp32 / sent if sent else None,
         "mean_bits": statistics.fmean(s["bits"] for s in own),
+        "steps_at_bits": dict(sorted(collections.Counter(s["bits"] for s in own).items())),
         "encode_s": median_of("encode_s", own),
         "communicate_s": median_of("communicate_s", own),
         "decode_s": median_of("decode_s", own),

@@ -65,6 +65,7 @@ def test_tiny_sweep_records_every_requested_scheme(tmp_path):
     runs = by_scheme(records)
     fp32, qsgd, bf16 = runs["fp32"], runs["qsgd"], runs["torch_bf16"]
     assert fp32["bits"] == 32 and qsgd["bits"] == 4
+    assert qsgd["steps_at_bits"] == {"4": 12}  # measured steps at each width
     for record in (fp32, qsgd):
         assert record["status"] == "ok", record["error"]
         assert record["steps"] == 15 and record["measured_steps"] == 12
