@@ -44,8 +44,9 @@ def quantized_hook(state: QuantizedCommState, bucket: dist.GradBucket) -> Future
         path = _split(state, stats, plan, tensor)
     else:
         path = _compressed(state, stats, plan.compressed, tensor)
-    future = state.pipeline.run(path, tensor.device, bucket.is_last())
-    if bucket.is_last():  # every rank has launched all of the step's other collectives
+    last = bucket.is_last()
+    future = state.pipeline.run(path, tensor.device, last)
+    if last:  # every rank has launched all of the step's other collectives
         state.share_gradient_norm(stats)
     return future
 

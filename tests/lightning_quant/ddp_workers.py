@@ -180,7 +180,6 @@ def dqsgd_gradient_norm(collective: str) -> dict:
         "norm": saved["last_grad_norm"],
         "local": torch.cat([g.reshape(-1) for g in local]),
         "decoded": float(mean.norm()),
-        "stats": state.compression_stats(),
     }
 
 
