@@ -17,6 +17,7 @@ __all__ = [
     "Quantizer",
     "QuantizerConfig",
     "available_quantizers",
+    "fit_factors",
     "get_quantizer",
     "quantizer_settings",
     "register_quantizer",
@@ -24,6 +25,10 @@ __all__ = [
 ]
 
 SCALE_DTYPE = torch.float32
+# Error feedback's bound: a contracted payload leaves at most this many times the norm of
+# the step's own gradient as residual, on each scale's elements, where it can
+# (Quantizer.contract). Larger keeps payloads less biased (less delay), smaller holds less.
+RESIDUAL_BOUND = 3.0
 
 
 @dataclass(frozen=True)
@@ -151,17 +156,38 @@ class Quantizer(ABC):
         """Elements that share one scale: a shard of a bucket holds whole multiples of it."""
         return 1
 
-    def allreduce_limit(self) -> int | None:
-        """Return the most ranks whose payloads a SUM all-reduce adds exactly (None: any)."""
+    @property
+    def scale_unit(self) -> int | None:
+        """Elements that share one scale of a payload (``None``: one scale for all of it)."""
         return None
 
-    def make_policy(self, workers: int = 1, two_stage: bool = False) -> Any:
-        """Return the per-step state this scheme keeps in the hook's state, or ``None``.
+    def contract(
+        self, payload: Payload, target: torch.Tensor, fresh: torch.Tensor
+    ) -> tuple[Payload, torch.Tensor]:
+        """Rescale ``payload`` for error feedback; return it and the flat ``float32`` it decodes to.
 
-        Args:
-            workers: ranks whose payloads are averaged (nodes, on the hierarchical path).
-            two_stage: whether the mean is quantized again (the reduce-scatter path).
+        ``target`` is what was encoded: the step's gradient ``fresh`` plus the residual
+        carried in. Each scale is multiplied by a factor in ``[0, 1]`` (:func:`fit_factors`):
+        1 where the residual left, ``target - decoded``, is within :data:`RESIDUAL_BOUND`
+        times the norm of ``fresh`` on that scale's elements; else the largest factor that
+        keeps it there; else, where none does, the least-squares factor (EF-SGD's scaled
+        sign in general form). Then ``||target - decoded|| <= ||target||`` for every
+        realization: the compressor is contractive where it must be, which error feedback
+        needs (an unbiased one whose variance exceeds the input's energy is not, and its
+        residual grows geometrically), and unbiased where the residual is small. The
+        scales are on the wire, so this costs no bytes.
         """
+        decoded = self.decode(payload).reshape(-1).float()
+        unit = self.scale_unit or max(payload.numel, 1)
+        fresh_energy = _row_sums(fresh.reshape(-1).float().pow(2), unit)
+        allowed = RESIDUAL_BOUND**2 * fresh_energy
+        factors = fit_factors(target.reshape(-1).float(), decoded, unit, allowed)
+        scales = (payload.scales * factors).to(payload.scales.dtype)
+        fitted = decoded * factors.repeat_interleave(unit)[: decoded.numel()]
+        return dataclasses.replace(payload, scales=scales), fitted
+
+    def allreduce_limit(self) -> int | None:
+        """Return the most ranks whose payloads a SUM all-reduce adds exactly (None: any)."""
         return None
 
     # --- schemes that declare ALLREDUCE: payloads that add up -----------------------------
@@ -258,6 +284,44 @@ def get_quantizer(name: str, **config: Any) -> Quantizer:
             f"{', '.join(sorted(fields)) or '(none)'}"
         )
     return cls(cls.config_class(**config))
+
+
+def fit_factors(
+    target: torch.Tensor,
+    decoded: torch.Tensor,
+    unit: int,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return, per run of ``unit`` elements, the factor ``a`` in ``[0, 1]`` that scales
+    ``decoded`` for error feedback.
+
+    With ``allowed`` (an error energy per run) it is the largest ``a <= 1`` whose error
+    ``||target - a decoded||^2`` stays within it (1 where ``decoded`` already does), or the
+    least-squares factor where none does. Without, the least-squares factor
+    ``<target, decoded> / ||decoded||^2``, clamped.
+
+    A run that decodes to zeros, or holds non-finite values, keeps the factor 1 (NaN and
+    Inf reach the loss scaler unchanged).
+    """
+    products = torch.stack([target * decoded, decoded * decoded, target * target])
+    dot, energy, norm = _row_sums(products, unit)
+    factors = dot / energy
+    if allowed is not None:
+        # the larger root of a^2 ||d||^2 - 2 a <t, d> + ||t||^2 - allowed = 0, if any
+        discriminant = dot * dot - energy * (norm - allowed)
+        reachable = discriminant >= 0
+        factors = torch.where(reachable, (dot + discriminant.clamp(min=0).sqrt()) / energy, factors)
+    factors = factors.clamp_(0.0, 1.0)
+    unchanged = ~torch.isfinite(dot) | ~torch.isfinite(energy) | (energy == 0)
+    return factors.masked_fill_(unchanged, 1.0)
+
+
+def _row_sums(values: torch.Tensor, unit: int) -> torch.Tensor:
+    """Sum the last dimension of ``values`` in runs of ``unit`` (the last run may be short)."""
+    numel = values.shape[-1]
+    rows = -(-numel // unit)
+    padded = torch.nn.functional.pad(values, (0, rows * unit - numel))
+    return padded.view(*values.shape[:-1], rows, unit).sum(-1)
 
 
 def round_stochastically(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

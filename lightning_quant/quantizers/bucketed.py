@@ -115,6 +115,10 @@ class BucketedQuantizer(Quantizer):
     def alignment(self) -> int:
         return self.config.bucket_size
 
+    @property
+    def scale_unit(self) -> int:
+        return self.config.bucket_size
+
     def wire_nbytes(self, numel: int, bits: int | None = None) -> int:
         bits = self.config.bits if bits is None else bits
         buckets = math.ceil(numel / self.config.bucket_size)

@@ -234,3 +234,88 @@ def error_feedback_ledger(scheme: str, bits: int, steps: int, **settings) -> dic
     del ddp
     _shutdown()
     return {"total": total, "local": local, "before": before, "after": after}
+
+
+class _Injected(nn.Module):
+    """One 2-D parameter whose gradient is the input ``g`` of its "loss" ``forward(g)``."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(numel // 128, 128))
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return (self.weight * g.view_as(self.weight)).sum()
+
+
+def residual_growth(configs: list[dict], steps: int, numel: int = 8192) -> list[dict]:
+    """Feed fresh random gradients through the hook with error feedback, ``steps`` times per
+    config; return each config's residual norms over the gradient's.
+
+    A config is ``make_comm_hook`` keywords plus ``heavy`` (log-normal scales on the
+    Gaussian: heavy-tailed gradients). ``worker`` is this rank's residual over its last
+    gradient's norm; ``owner`` this rank's share of the second stage's residual, squared,
+    at half time and at the end (to be summed over ranks).
+    """
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    results = []
+    for config in configs:
+        config = dict(config)
+        heavy = config.pop("heavy")
+        ddp = _ddp(_Injected(numel), many_buckets=False)
+        state, hook = make_comm_hook(error_feedback=True, min_compress_numel=0, seed=1, **config)
+        ddp.register_comm_hook(state.bind(ddp), hook)
+        gen = torch.Generator().manual_seed(1000 * rank + 17)
+        owner = []
+        for step in range(steps):
+            g = torch.randn(numel, generator=gen)
+            if heavy:
+                g *= torch.randn(numel, generator=gen).exp()
+            ddp.zero_grad()
+            ddp(g).backward()
+            if step + 1 in (steps // 2, steps):
+                pieces = state.owner_residuals.pieces().values()
+                owner.append(float(sum(float(p.pow(2).sum()) for p in pieces)))
+        worker = torch.cat([v.reshape(-1) for v in state.worker_residuals.pieces().values()])
+        results.append(
+            {"worker": float(worker.norm() / g.norm()), "owner_sq": owner, "g_sq": float(g @ g)}
+        )
+        del ddp
+        gc.collect()
+    _shutdown()
+    return results
+
+
+def momentum_lm(
+    configs: list[dict | None], steps: int, lr: float = 0.3, width: int = 64, seed: int = 0
+) -> list:
+    """Train a small byte-level GPT on the stdlib corpus with SGD and momentum 0.9, once per
+    ``make_comm_hook`` config (``None``: plain fp32 DDP); return the held-out losses."""
+    from benchmarks.tasks.lm import ByteGPT, lm_loaders
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    losses = []
+    for config in configs:
+        torch.manual_seed(0)
+        model = ByteGPT(width=width, layers=2, heads=2, context=32)
+        train, val = lm_loaders(batch_size=16, seed=10 * seed + rank, context=32)
+        ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1)
+        if config is not None:
+            state, hook = make_comm_hook(**config)
+            ddp.register_comm_hook(state.bind(ddp), hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=lr, momentum=0.9)
+        batches = iter(train)
+        for _ in range(steps):
+            x, y = next(batches)
+            opt.zero_grad()
+            nn.functional.cross_entropy(ddp(x).reshape(-1, 256), y.reshape(-1)).backward()
+            opt.step()
+        with torch.no_grad():
+            x, y = next(iter(val))
+            loss = nn.functional.cross_entropy(model(x).reshape(-1, 256), y.reshape(-1))
+        losses.append(float(loss))
+        del ddp, opt
+        gc.collect()
+    _shutdown()
+    return losses
