@@ -32,7 +32,7 @@ from lightning_quant.hooks import (
     make_comm_hook,
 )
 from lightning_quant.hooks.groups import node_mesh
-from lightning_quant.hooks.state import use_hierarchy
+from lightning_quant.hooks.state import check_hierarchical, use_hierarchy
 from lightning_quant.hooks.stats import METRIC_PREFIX
 from lightning_quant.quantizers import (
     Quantizer,
@@ -68,10 +68,11 @@ class QuantizedDDPStrategy(DDPStrategy):
         collective: ``"auto"`` or a collective the scheme declares (``"allgather"``,
             ``"reduce_scatter"``, ``"allreduce"``); ``auto`` sends the fewest bytes per
             rank: all-gather at 2 ranks, the re-quantizing reduce-scatter from 3 on.
-        hierarchical: ``True``: reduce inside each node at full precision (a
-            reduce-scatter, then an all-gather) and quantize only between nodes, with a
-            (node, local) ``DeviceMesh`` built from the cluster environment; ``"auto"``:
-            when ``num_nodes > 1`` and there is more than one device per node.
+        hierarchical: reduce inside each node at full precision (a reduce-scatter, then
+            an all-gather) and quantize only between nodes, with a (node, local)
+            ``DeviceMesh`` built from the cluster environment. ``"auto"`` (default): when
+            ``num_nodes > 1`` and there is more than one device per node; ``True`` on one
+            node or one device per node is turned off with a warning.
         seed: base seed of the quantization noise; rank ``r`` uses ``seed + r``.
         report_to: URL of a lightning-quant run store; adds a :class:`RunStoreLogger` to
             the trainer's loggers.
@@ -100,7 +101,7 @@ class QuantizedDDPStrategy(DDPStrategy):
         compress_1d: bool = False,
         start_step: int = 0,
         collective: str = AUTO,
-        hierarchical: bool | str = False,
+        hierarchical: bool | str = AUTO,
         seed: int = 0,
         report_to: str | None = None,
         quantizer_config: dict[str, Any] | None = None,
@@ -125,7 +126,7 @@ class QuantizedDDPStrategy(DDPStrategy):
         self.start_step = start_step
         self.collective = collective
         self.hierarchical = hierarchical
-        use_hierarchy(hierarchical, 1, 1)  # an unknown value fails now
+        check_hierarchical(hierarchical)  # an unknown value fails now
         self.seed = seed
         self.report_to = report_to
         self.powersgd_rank = powersgd_rank

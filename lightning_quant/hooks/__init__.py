@@ -66,7 +66,7 @@ def make_comm_hook(
     """
     if isinstance(scheme, str) and scheme in PEERS:
         peer = PEERS[scheme]
-        kept = {k: v for k, v in settings.items() if k == "ranks_per_node"}
+        kept = {k: v for k, v in settings.items() if k == "ranks_per_node"}  # for counting
         state = QuantizedCommState(peer.counted_as, process_group, **kept)
         if scheme == "torch_powersgd":
             from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState

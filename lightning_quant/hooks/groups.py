@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from dataclasses import dataclass
 
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-__all__ = ["Group", "mesh_groups", "node_mesh", "world_group"]
+__all__ = ["Group", "detect_ranks_per_node", "mesh_groups", "node_mesh", "world_group"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,31 @@ def world_group(process_group: dist.ProcessGroup | None, ranks_per_node: int = 1
     )
     index = dist.get_rank(process_group)
     return Group(process_group, ranks, index, tuple(r // ranks_per_node for r in range(world)))
+
+
+def detect_ranks_per_node(process_group: dist.ProcessGroup | None = None) -> int:
+    """Return how many ranks share each node, as the launcher laid them out.
+
+    The launcher's ``LOCAL_WORLD_SIZE`` where it sets it (torchrun, Lightning's launchers):
+    a description of the cluster, not a setting of this library. Otherwise the ranks' host
+    names, gathered once (collectively: every rank must call it), where every node holds
+    the same number of consecutive ranks; otherwise, and without a process group, 1.
+    """
+    if not dist.is_initialized():
+        return 1
+    world = dist.get_world_size()
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    if local.isdigit() and int(local) >= 1 and world % int(local) == 0:
+        return int(local)
+    hosts: list[str | None] = [None] * world
+    dist.all_gather_object(hosts, socket.gethostname())
+    per_node = hosts.count(hosts[0])
+    blocks = [hosts[r : r + per_node] for r in range(0, world, per_node)]
+    if world % per_node == 0 and all(len(set(block)) == 1 for block in blocks):
+        if len({block[0] for block in blocks}) == len(blocks):
+            return per_node
+    log.warning("ranks are not laid out in equal nodes of consecutive ranks: %s", hosts)
+    return 1
 
 
 def node_mesh(ranks_per_node: int, device_type: str) -> DeviceMesh:

@@ -15,12 +15,24 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from lightning_quant.collectives import AUTO, Collective, choose_collective
 from lightning_quant.hooks.feedback import Layout, ResidualMemory
-from lightning_quant.hooks.groups import Group, mesh_groups, node_mesh, world_group
+from lightning_quant.hooks.groups import (
+    Group,
+    detect_ranks_per_node,
+    mesh_groups,
+    node_mesh,
+    world_group,
+)
 from lightning_quant.hooks.pipeline import Pipeline, all_reduce
 from lightning_quant.hooks.stats import StepStats
 from lightning_quant.quantizers import Quantizer, get_quantizer
 
-__all__ = ["DEFAULT_MIN_COMPRESS_NUMEL", "BucketPlan", "QuantizedCommState", "use_hierarchy"]
+__all__ = [
+    "DEFAULT_MIN_COMPRESS_NUMEL",
+    "BucketPlan",
+    "QuantizedCommState",
+    "check_hierarchical",
+    "use_hierarchy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +59,12 @@ class QuantizedCommState:
             :func:`lightning_quant.collectives.choose_collective`.
         ranks_per_node: ranks on each node, ordered by node (global rank ``r`` is on node
             ``r // ranks_per_node``): for counting the bytes that leave a node, and the
-            hierarchical path's layout.
+            hierarchical path's layout. ``None`` (default) takes it from the launcher
+            (:func:`~lightning_quant.hooks.groups.detect_ranks_per_node`).
         hierarchical: reduce inside each node at full precision and quantize only between
-            nodes (:func:`~lightning_quant.hooks.paths.hierarchical`); ``"auto"`` does
-            when there is more than one node and more than one rank per node.
+            nodes (:func:`~lightning_quant.hooks.paths.hierarchical`); ``"auto"`` (default)
+            does when there is more than one node and more than one rank per node, and
+            ``True`` on one node, or with one rank per node, is turned off with a warning.
         mesh: the (node, local) :class:`~torch.distributed.device_mesh.DeviceMesh` of the
             hierarchical path; built from ``ranks_per_node`` when not given (collectively:
             every rank must construct its state).
@@ -67,8 +81,8 @@ class QuantizedCommState:
         collective: str = AUTO,
         compress_1d: bool = False,
         start_step: int = 0,
-        ranks_per_node: int = 1,
-        hierarchical: bool | str = False,
+        ranks_per_node: int | None = None,
+        hierarchical: bool | str = AUTO,
         mesh: DeviceMesh | None = None,
         intra_dtype: torch.dtype = torch.float32,
         **quantizer_config: Any,
@@ -82,6 +96,8 @@ class QuantizedCommState:
             raise ValueError(f"min_compress_numel must be >= 0, got {min_compress_numel}")
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
+        if ranks_per_node is None:
+            ranks_per_node = detect_ranks_per_node(process_group)
         if ranks_per_node < 1:
             raise ValueError(f"ranks_per_node must be >= 1, got {ranks_per_node}")
         self.quantizer = quantizer
@@ -111,6 +127,7 @@ class QuantizedCommState:
             reducing.size,
             quantizer.allreduce_limit(),
         )
+        quantizer.check_reduction(reducing.size, self.collective)
         # internal state
         self.step = 0
         # DQ-SGD's input: the previous step's gradient norm, as the mean over ranks of
@@ -127,6 +144,7 @@ class QuantizedCommState:
         self.owner_residuals = ResidualMemory()  # what re-encoding its owned shards lost
         self._generators: dict[torch.device, torch.Generator] = {}
         self.pipeline = Pipeline()  # buckets whose later stages wait for a hook body
+        self._world_checked = False
         # statistics
         self.current = StepStats(world_size=self.group.size)
 
@@ -146,12 +164,36 @@ class QuantizedCommState:
         Names make error-feedback residuals portable across bucket layouts and
         checkpoints. Raises ``TypeError`` for a trainable non-floating parameter.
         """
-        module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            self.check_world(dist.get_world_size(model.process_group))
+            module = model.module
+        else:
+            module = model
+        device = None
         for name, param in module.named_parameters():
             if param.requires_grad and not param.is_floating_point():
                 raise TypeError(f"parameter {name!r} is {param.dtype}: only floating gradients")
             self._param_names[id(param)] = name
+            device = param.device
+        if device is not None:  # compile the codec now, not inside the first timed step
+            self.quantizer.warm_up(device)
         return self
+
+    def check_world(self, world_size: int) -> None:
+        """Raise ``RuntimeError`` unless this state was built for a world of ``world_size``.
+
+        A state made before ``init_process_group`` describes a world of one rank; its
+        first all-gather would fail deep inside gloo or NCCL with a size mismatch.
+        """
+        if world_size != self.world_size:
+            before = "" if dist.is_initialized() and self.world_size > 1 else (
+                " (it was built before torch.distributed.init_process_group)"
+            )
+            raise RuntimeError(
+                f"this comm state was built for {self.world_size} rank(s){before}, but the "
+                f"model reduces over {world_size}: call torch.distributed.init_process_group "
+                "first, then make_comm_hook (or QuantizedCommState), then register the hook"
+            )
 
     def generator(self, device: torch.device) -> torch.Generator:
         """Return this rank's random stream on ``device`` (seeded ``seed + rank``)."""
@@ -184,6 +226,10 @@ class QuantizedCommState:
     def begin_bucket(self, bucket: dist.GradBucket) -> StepStats:
         """Count the bucket; at bucket 0 open a new step and pick its width (DQ-SGD)."""
         if bucket.index() == 0:
+            if not self._world_checked:
+                size = dist.get_world_size(self.group.process_group) if dist.is_initialized() else 1
+                self.check_world(size)
+                self._world_checked = True
             if self.current.buckets:
                 self.step += 1
                 self._settle_gradient_norm()
@@ -275,26 +321,39 @@ class QuantizedCommState:
         self.current = StepStats(step=self.step, world_size=self.world_size)
 
 
+def check_hierarchical(hierarchical: bool | str) -> None:
+    """Raise ``ValueError`` unless ``hierarchical`` is ``True``, ``False`` or ``"auto"``."""
+    if hierarchical not in (True, False, AUTO):
+        raise ValueError(f"hierarchical must be True, False or 'auto', got {hierarchical!r}")
+
+
 def use_hierarchy(hierarchical: bool | str, world_size: int, ranks_per_node: int) -> bool:
     """Resolve ``hierarchical`` (``True``, ``False`` or ``"auto"``) for this layout.
 
-    ``auto`` is on when there is more than one node and more than one rank per node.
+    It is on when there are several nodes of several ranks each: ``"auto"`` turns it on
+    there, and ``True`` anywhere else is turned off with a warning (one node, or one rank
+    per node: the path would quantize through one-rank groups for nothing).
 
     Raises:
         ValueError: an unknown value, or ``True`` for a world that is not a whole number
             of nodes of ``ranks_per_node`` ranks.
     """
-    if hierarchical not in (True, False, AUTO):
-        raise ValueError(f"hierarchical must be True, False or 'auto', got {hierarchical!r}")
+    check_hierarchical(hierarchical)
     fits = world_size % ranks_per_node == 0
     if hierarchical is True and not fits:
         raise ValueError(
             f"a world of {world_size} ranks does not fit nodes of {ranks_per_node} ranks; "
             "the hierarchical path needs every node to hold the same number of ranks"
         )
-    if hierarchical == AUTO:
-        return fits and ranks_per_node > 1 and world_size // ranks_per_node > 1
-    return bool(hierarchical)
+    useful = fits and ranks_per_node > 1 and world_size // ranks_per_node > 1
+    if hierarchical is True and not useful:
+        nodes = world_size // ranks_per_node
+        log.warning(
+            "hierarchical=True turned off: %d node(s) of %d rank(s) leave nothing to reduce "
+            "%s; using the flat path",
+            nodes, ranks_per_node, "between nodes" if nodes == 1 else "inside a node",
+        )  # fmt: skip
+    return useful if hierarchical in (True, AUTO) else False
 
 
 @dataclass(frozen=True)

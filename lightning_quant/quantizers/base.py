@@ -190,6 +190,28 @@ class Quantizer(ABC):
         """Return the most ranks whose payloads a SUM all-reduce adds exactly (None: any)."""
         return None
 
+    def check_reduction(self, workers: int, collective: Collective) -> None:
+        """Warn where reducing over ``workers`` with ``collective`` makes this scheme do harm
+        a user would not expect (nothing by default)."""
+        return None
+
+    def warm_up(self, device: torch.device) -> None:
+        """Encode and decode a small tensor on ``device``, so that the codec's kernels are
+        compiled now (Numba caches them on disk) and not inside the first timed step."""
+        x = torch.linspace(-1.0, 1.0, 2 * self.alignment + 3, device=device)
+        scale = x.abs().amax().reshape(1) if self.shared_scale else None
+        generator = torch.Generator(device=device).manual_seed(0)
+        self.decode(self.encode(x, generator, scale=scale))
+
+    def make_policy(self, workers: int = 1, two_stage: bool = False) -> Any:
+        """Return the per-step state this scheme keeps in the hook's state, or ``None``.
+
+        Args:
+            workers: ranks whose payloads are averaged (nodes, on the hierarchical path).
+            two_stage: whether the mean is quantized again (the reduce-scatter path).
+        """
+        return None
+
     # --- schemes that declare ALLREDUCE: payloads that add up -----------------------------
 
     def encode_summable(

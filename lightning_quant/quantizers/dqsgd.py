@@ -50,6 +50,7 @@ errs towards more bits there.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,9 +151,23 @@ class DQSGDPolicy:
         """
         if grad_norm is not None:
             self.bits = self.bits_for(float(grad_norm), self.step)
+            if self.bits != self.config.bits and not self.widths.keys() - {self.config.bits}:
+                self._warn_width_moved()
         self.widths[self.bits] = self.widths.get(self.bits, 0) + 1
         self.step += 1
         return self.bits
+
+    def _warn_width_moved(self) -> None:
+        """Tell the user, once, that ``bits`` no longer sets the width."""
+        c = self.config
+        warnings.warn(
+            f"dqsgd: bits={c.bits} set only the first step's width; at step {self.step} its "
+            f"rule chose {self.bits} bits (between min_bits={c.min_bits} and "
+            f"max_bits={c.max_bits}, for target_error={c.target_error}). Steer it with "
+            "target_error, min_bits and max_bits",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "bits": self.bits, "widths": dict(self.widths)}

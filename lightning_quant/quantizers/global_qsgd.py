@@ -26,6 +26,7 @@ CPU tensors go through the fused kernels of :mod:`lightning_quant.quantizers.ker
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 LANE_BITS = (2, 4, 8)
+MIN_WORKER_LEVELS = 3  # fewer, and the all-reduce warns
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,11 @@ def worker_levels(bits: int, world_size: int) -> int:
             + (" (8 bits holds 127)" if bits < 8 else "")
         )
     return (2**bits - 1) // (2 * world_size)
+
+
+def worker_levels_or_zero(bits: int, world_size: int) -> int:
+    """Return :func:`worker_levels`, or 0 where ``bits`` cannot hold ``world_size`` workers."""
+    return worker_levels(bits, world_size) if world_size <= max_world_size(bits) else 0
 
 
 class SharedScaleQuantizer(Quantizer):
@@ -158,6 +165,23 @@ class GlobalQSGD(SharedScaleQuantizer):
 
     def allreduce_limit(self) -> int:
         return max_world_size(self.config.bits)
+
+    def check_reduction(self, workers: int, collective: Collective) -> None:
+        """Warn when the all-reduce's lanes leave each worker fewer than 3 levels."""
+        if collective is not Collective.ALLREDUCE:
+            return
+        bits = self.config.bits
+        levels = worker_levels(bits, workers)
+        if levels < MIN_WORKER_LEVELS:
+            wider = next((b for b in LANE_BITS if worker_levels_or_zero(b, workers) >= 3), 8)
+            warnings.warn(
+                f"global_qsgd at {bits} bits on {workers} ranks leaves each worker "
+                f"{levels} level(s) (floor({2**bits - 1}/{2 * workers})): a coarse, noisy "
+                f"gradient; use bits={wider} ({worker_levels_or_zero(wider, workers)} levels) "
+                "or collective='reduce_scatter'",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def encode(
         self,

@@ -319,3 +319,47 @@ def momentum_lm(
         gc.collect()
     _shutdown()
     return losses
+
+
+def hook_before_process_group() -> dict:
+    """Build the hook before ``init_process_group``, as a user might; report what binding
+    it to a DDP model of the real world, and a state of a smaller group, raise."""
+    early, _ = make_comm_hook("qsgd", bits=4)
+    dist.init_process_group("gloo")
+    ddp = _ddp(_mlp(), many_buckets=False)
+    errors = {}
+    try:
+        early.bind(ddp)
+    except RuntimeError as error:
+        errors["early"] = str(error)
+    pair = dist.new_group([0, 1])
+    if dist.get_rank() in (0, 1):
+        small, _ = make_comm_hook("qsgd", bits=4, process_group=pair)
+        try:
+            small.bind(ddp)
+        except RuntimeError as error:
+            errors["other_world"] = str(error)
+    del ddp
+    _shutdown()
+    return errors
+
+
+def detected_layout(local_world_size: str | None, hierarchical: bool | str = "auto") -> dict:
+    """Build a comm state with the launcher's ``LOCAL_WORLD_SIZE`` (``None``: unset, so the
+    host names decide); return the layout it took and one step's byte split."""
+    import os
+
+    if local_world_size is None:
+        os.environ.pop("LOCAL_WORLD_SIZE", None)
+    else:
+        os.environ["LOCAL_WORLD_SIZE"] = local_world_size
+    dist.init_process_group("gloo")
+    ddp = _ddp(_mlp(), many_buckets=False)
+    state, hook = make_comm_hook("qsgd", bits=4, hierarchical=hierarchical)
+    ddp.register_comm_hook(state.bind(ddp), hook)
+    x, y = torch.randn(8, 32), torch.randint(0, 10, (8,))
+    nn.functional.cross_entropy(ddp(x), y).backward()
+    stats = state.compression_stats()
+    del ddp
+    _shutdown()
+    return {"node_of": state.group.node_of, "hierarchical": state.hierarchical, "stats": stats}

@@ -22,7 +22,8 @@ def test_auto_turns_on_for_several_nodes_of_several_ranks():
     assert use_hierarchy("auto", 4, 1) is False  # one rank per node: nothing to reduce inside
     assert use_hierarchy("auto", 4, 4) is False  # one node: nothing to quantize between
     assert use_hierarchy("auto", 6, 4) is False  # does not fit: stays flat
-    assert use_hierarchy(False, 8, 4) is False and use_hierarchy(True, 4, 4) is True
+    assert use_hierarchy(False, 8, 4) is False and use_hierarchy(True, 8, 4) is True
+    assert use_hierarchy(True, 4, 4) is False  # one node: turned off, with a warning
 
 
 def test_a_topology_the_world_does_not_fit_is_a_clear_error():

@@ -67,6 +67,7 @@ def run_ranks(
             "RANK": str(rank),
             "NODE_RANK": str(rank),
             "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",  # each rank a node of its own, as a launcher says
             "OMP_NUM_THREADS": "1",
         }
         args = (target, kwargs, workdir, rank, env)

@@ -24,9 +24,12 @@ children (DataLoader workers, ``ddp_fork``) are safe; no Numba threading layer i
 
 Compilation: the kernels are compiled by Numba on first use and cached on disk
 (``cache=True``, beside this file, or in the user's cache directory where the package is
-read-only). A cold cache costs about 3.5 s of compilation once per environment (each DDP
-rank that finds it cold compiles too); with the cache warm the first call takes about
-0.15 s. Where Numba cannot be imported the codecs use the eager path (:func:`available`).
+read-only). A cold cache costs several seconds of compilation once per environment (5 s
+for qsgd's kernels here, 11 s seen on a busy machine; each DDP rank that finds it cold
+compiles too); with the cache warm the first call takes about 0.4 s. The DDP hook's state
+runs its codec once when it is bound (``Quantizer.warm_up``), so compilation never lands in
+a step's figures. Where Numba cannot be imported the codecs use the eager path
+(:func:`available`).
 
 Example::
 
