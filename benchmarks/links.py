@@ -3,9 +3,10 @@ assumes of it."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["LINK_PRESETS", "LinkPreset"]
+__all__ = ["LINK_PRESETS", "LinkPreset", "link_preset"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,27 @@ LINK_PRESETS: dict[str, LinkPreset] = {
         burst_bytes=128 * 1024, queue_latency_s=0.1,
     ),
 }  # fmt: skip
+
+_UNITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+
+
+def link_preset(name: str) -> LinkPreset:
+    """Return the preset ``name`` names: one of :data:`LINK_PRESETS`, or any ``tbf`` rate
+    written ``<number><kbit|mbit|gbit>`` (``10mbit``, ``25mbit``, ``2.5gbit``), shaped
+    like the presets (128 KiB burst, 100 ms queue).
+
+    Raises:
+        ValueError: a name that is neither, saying what is allowed.
+    """
+    if name in LINK_PRESETS:
+        return LINK_PRESETS[name]
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(kbit|mbit|gbit)", name)
+    if match is None or not float(match.group(1)) > 0:
+        raise ValueError(
+            f"unknown link {name!r}: give none, or a tbf rate such as 10mbit, 100mbit, 1gbit"
+        )
+    rate = float(match.group(1)) * _UNITS[match.group(2)]
+    return LinkPreset(
+        name, shaped=True, rate_bits_per_s=rate, latency_s=100e-6,
+        burst_bytes=max(128 * 1024, int(rate / 8 / 1000)), queue_latency_s=0.1,
+    )  # fmt: skip

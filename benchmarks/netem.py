@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from benchmarks.links import LINK_PRESETS, LinkPreset
+from benchmarks.links import LINK_PRESETS, LinkPreset, link_preset
 from benchmarks.namespaces import (
     NetworkEmulationError,
     delete_namespace,
@@ -57,6 +57,7 @@ from benchmarks.namespaces import (
 __all__ = [
     "DEFAULT_MASTER_PORT",
     "LINK_PRESETS",
+    "link_preset",
     "NETNS_PREFIX",
     "SUBNET",
     "EmulatedNetwork",
@@ -174,12 +175,7 @@ class EmulatedNetwork:
         if ranks_per_node < 1:
             raise ValueError(f"ranks_per_node must be >= 1, got {ranks_per_node}")
         if isinstance(link, str):
-            try:
-                link = LINK_PRESETS[link]
-            except KeyError:
-                raise ValueError(
-                    f"unknown link {link!r}; choose one of: {', '.join(LINK_PRESETS)}"
-                ) from None
+            link = link_preset(link)
         if not 1024 <= master_port <= 65535 - 1000:
             raise ValueError(f"master_port must be between 1024 and 64535, got {master_port}")
         self.nodes = nodes
@@ -401,7 +397,7 @@ def emulated_network(
     Args:
         nodes: number of nodes, 2 to 253.
         ranks_per_node: ranks each node holds, on its loopback.
-        link: a name in :data:`LINK_PRESETS` (``"none"``, ``"1gbit"``, ``"100mbit"``) or
+        link: ``"none"``, a ``tbf`` rate such as ``"10mbit"`` (:func:`link_preset`), or
             a :class:`LinkPreset`.
         prefix: start of the namespace names; :func:`cleanup_stale` takes the same.
         master_port: the ``MASTER_PORT`` handed to every rank by default.

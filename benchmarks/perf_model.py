@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks.links import LINK_PRESETS, LinkPreset
+from benchmarks.links import LINK_PRESETS, LinkPreset, link_preset
 
 __all__ = [
     "LINK_SPECS",
@@ -74,8 +74,8 @@ class LinkSpec:
 
     @classmethod
     def from_preset(cls, link: str | LinkPreset) -> LinkSpec:
-        """Return the spec of a :data:`benchmarks.netem.LINK_PRESETS` link."""
-        preset = LINK_PRESETS[link] if isinstance(link, str) else link
+        """Return the spec of a link: a preset, or a name :func:`link_preset` reads."""
+        preset = link_preset(link) if isinstance(link, str) else link
         return cls(rate_bits_per_s=preset.rate_bits_per_s, latency_s=preset.latency_s)
 
 
@@ -89,7 +89,10 @@ def _spec(link: LinkSpec | str) -> LinkSpec:
     if isinstance(link, LinkSpec):
         return link
     if link not in LINK_SPECS:
-        raise KeyError(f"unknown link {link!r}; available: {', '.join(LINK_SPECS)}")
+        try:
+            return LinkSpec.from_preset(link)
+        except ValueError as error:
+            raise KeyError(str(error)) from None
     return LINK_SPECS[link]
 
 

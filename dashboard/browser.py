@@ -38,7 +38,8 @@ def browser_page(api_url: str) -> None:
     if all_runs.empty:
         st.info(
             f"**The run store at `{api_url}` holds no runs yet.** Train with "
-            "`QuantizedDDPStrategy(..., report_to=URL)` or the `RunReporter` callback, or "
+            "`QuantizedDDPStrategy(..., report_to=URL)`, or add "
+            "`lightning_quant.runstore.RunStoreLogger(URL)` to your Trainer's loggers, or "
             "run `./run.sh demo` / `python -m benchmarks.sweep --api URL`; runs appear "
             f"here within {data.TTL_S} s.",
             icon=":material/inbox:",

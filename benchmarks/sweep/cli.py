@@ -14,12 +14,8 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks.netem import (
-    LINK_PRESETS,
-    NetworkEmulationError,
-    cleanup_stale,
-    emulated_network,
-)
+from benchmarks.links import link_preset
+from benchmarks.netem import NetworkEmulationError, cleanup_stale, emulated_network
 from benchmarks.sweep.plan import known_schemes, plan_runs
 from benchmarks.sweep.runner import Sweep, Terminated, on_sigterm, write_json
 from benchmarks.sweep.tables import (
@@ -130,7 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--link",
         type=_comma(str),
         default="none",
-        help=f"comma list of {', '.join(LINK_PRESETS)}; shaped links need root",
+        help="comma list of none or tbf rates (10mbit, 100mbit, 1gbit, 10gbit...); "
+        "shaped links need root",
     )
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="first steps not timed")
@@ -175,11 +172,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"unknown collective(s) {', '.join(bad_collectives)}; choose from "
             f"{', '.join([AUTO, *Collective])}"
         )
-    bad_links = [link for link in args.link if link not in LINK_PRESETS]
-    if bad_links:
-        parser.error(
-            f"unknown link(s) {', '.join(bad_links)}; choose from {', '.join(LINK_PRESETS)}"
-        )
+    for link in args.link:
+        try:
+            link_preset(link)
+        except ValueError as error:
+            parser.error(str(error))
     if args.topology is not None and args.world_size is not None:
         parser.error("give --world-size or --topology, not both")
     if args.topology is None:

@@ -57,7 +57,10 @@ def digits_loaders(batch_size: int = 32, seed: int = 0) -> tuple[DataLoader, Dat
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=0.2, random_state=seed, stratify=y
     )
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    # pixels constant in the training split keep their scale: dividing by a zero spread
+    # made the held-out images' values there a million times too large (losses of 1000s)
+    mean, std = x_train.mean(0), x_train.std(0)
+    std[std == 0] = 1.0
     train = tensor_dataset((x_train - mean) / std, y_train)
     test = tensor_dataset((x_test - mean) / std, y_test)
     return DataLoader(train, batch_size, shuffle=True), DataLoader(test, 256)

@@ -232,3 +232,18 @@ def test_presets_are_the_documented_links():
     assert set(LINK_PRESETS) == {"none", "1gbit", "100mbit"}
     assert not LINK_PRESETS["none"].shaped
     assert LINK_PRESETS["100mbit"].tbf_args()[:2] == ["rate", "100000000bit"]
+
+
+@pytest.mark.parametrize(
+    ("name", "rate"), [("10mbit", 1e7), ("25mbit", 2.5e7), ("2.5gbit", 2.5e9), ("500kbit", 5e5)]
+)
+def test_any_tbf_rate_is_a_link(name, rate):
+    link = netem.link_preset(name)
+    assert link.shaped and link.rate_bits_per_s == rate and link.name == name
+    assert link.tbf_args()[:2] == ["rate", f"{int(rate)}bit"]
+
+
+@pytest.mark.parametrize("name", ["fast", "0mbit", "10 mbit", "10mb", ""])
+def test_a_link_that_is_not_a_rate_is_refused_with_examples(name):
+    with pytest.raises(ValueError, match="tbf rate such as 10mbit"):
+        netem.link_preset(name)

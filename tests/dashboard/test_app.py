@@ -1,5 +1,7 @@
 """The Streamlit app, run by ``AppTest`` against a real API server."""
 
+import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -135,8 +137,12 @@ def test_a_missing_run_page_says_so(seeded_api, monkeypatch):
 def test_an_empty_store_says_how_to_fill_it(empty_api, monkeypatch):
     at = _app(empty_api.base_url, monkeypatch, runs="1,2")
     assert not at.exception and not at.error
-    assert "holds no runs yet" in _texts(at, "info")
+    text = _texts(at, "info")
+    assert "holds no runs yet" in text
     assert not at.get(CHART) and not at.dataframe
+    for dotted in re.findall(r"`(lightning_quant(?:\.\w+)+)", text):  # the names it gives exist
+        module, name = dotted.rsplit(".", 1)
+        assert hasattr(importlib.import_module(module), name), dotted
 
 
 def test_an_unreachable_api_is_a_message_not_a_traceback(monkeypatch):
