@@ -232,6 +232,7 @@ def _store_logger(args: argparse.Namespace, task: Task) -> RunStoreLogger | None
         name=args.run_name,
         tags=[tag for tag in args.tags.split(",") if tag],
         run_key=args.run_key,
+        spool_dir=args.spool_dir,
         fields={"dataset": task.dataset, "model_name": task.model_name},
     )
 
@@ -347,6 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pg-timeout-s", type=float, default=300.0)
     parser.add_argument("--out", type=Path, required=True, help="rank 0 writes JSON here")
     parser.add_argument("--api", help="report the run live to this run store (rank 0)")
+    parser.add_argument(
+        "--spool-dir", default="data/spool", help="where what the store did not take waits"
+    )
     parser.add_argument("--run-key", help="the run's idempotency key in the store")
     parser.add_argument("--run-name", help="the run's name in the store")
     parser.add_argument("--tags", default="", help="comma list of the run's tags")

@@ -7,18 +7,25 @@ while it trains. Once the run has ended, the sweep, through the same
 run that was unavailable or failed early: the key makes this a no-op otherwise) and
 PATCHes what only it knows: the figures across ranks (the slower rank's step time, the
 prediction, test accuracy) and the whole record.
+
+Ranks in an emulated network's namespaces cannot reach an API on the host's loopback:
+rank 0's logger then spools everything (it fails fast: nothing listens there), and the
+sweep replays that run's spool from the host once the run has ended, before its PATCH.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from benchmarks.sweep.launch import threads_per_rank
 from benchmarks.sweep.plan import RunSpec
 from benchmarks.tasks import TASKS
 from lightning_quant.quantizers import available_quantizers, get_quantizer
-from lightning_quant.runstore import RunRecord, StoreClient, versions
+from lightning_quant.runstore import RunRecord, StoreClient, replay_spool, versions
 
 __all__ = ["SweepStore", "planned_record"]
 
@@ -35,6 +42,7 @@ class SweepStore:
     def __init__(self, url: str, token: str | None, tag: str) -> None:
         self.url, self.token, self.tag = url, token, tag
         self.client = StoreClient(url, token=token, timeout=10.0)
+        self.spool_root = Path(tempfile.mkdtemp(prefix="lq-sweep-spool-"))
 
     def key(self, index: int) -> str:
         return f"{self.tag}-run{index:04d}"
@@ -43,15 +51,17 @@ class SweepStore:
         """``train_rank`` options that make rank 0 report the run live under its key."""
         tags = ",".join(self.tags(spec))
         args = ["--api", self.url, "--run-key", self.key(index), "--run-name", spec.name]
-        return [*args, "--tags", tags]
+        return [*args, "--tags", tags, "--spool-dir", str(self.spool_root / self.key(index))]
 
     def tags(self, spec: RunSpec) -> tuple[str, ...]:
         """The run's tags: every sweep's, this sweep's, its task and its link."""
         return ("sweep", self.tag, f"task:{spec.task}", f"link:{spec.link}")
 
     def finish(self, index: int, spec: RunSpec, record: dict[str, Any]) -> None:
-        """Make sure the run exists, then PATCH the cross-rank summary and the record."""
+        """Deliver what rank 0 spooled, make sure the run exists, then PATCH the cross-rank
+        summary and the record."""
         key = self.key(index)
+        replay_spool(self.url, self.spool_root / key, self.token)
         self.client.create(planned_record(spec, key, self.tags(spec)))
         fields: dict[str, Any] = {"summary": dict(record)}
         if record["status"] == "ok":
@@ -64,6 +74,9 @@ class SweepStore:
         self.client.update(key, **fields)
 
     def close(self) -> bool:
+        """Flush the client; remove the spools if everything in them was delivered."""
+        if not any(self.spool_root.rglob("*.jsonl")):
+            shutil.rmtree(self.spool_root, ignore_errors=True)
         return self.client.close(timeout=60)
 
 

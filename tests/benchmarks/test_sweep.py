@@ -265,12 +265,12 @@ def _namespaces() -> set[str]:
 @pytest.mark.skipif(
     not network_emulation_available(), reason="network emulation needs root and iproute2"
 )
-def test_sweep_over_an_emulated_100mbit_link(tmp_path):
+def test_sweep_over_an_emulated_100mbit_link(tmp_path, api_server):
     before = {n for n in _namespaces() if n.startswith(NETNS_PREFIX)}
     out = tmp_path / "records.json"
     done = run_sweep(
         "--task", "digits", "--schemes", "fp32,qsgd", "--link", "100mbit",
-        "--steps", "12", "--json", str(out),
+        "--steps", "12", "--json", str(out), "--api", api_server.base_url,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     runs = by_scheme(json.loads(out.read_text()))
@@ -280,6 +280,12 @@ def test_sweep_over_an_emulated_100mbit_link(tmp_path):
     # the wire dominates: fp32's gradient takes longer to cross than 4-bit payloads
     assert runs["fp32"]["predicted_comm_s"] > 4 * runs["qsgd"]["predicted_comm_s"]
     assert {n for n in _namespaces() if n.startswith(NETNS_PREFIX)} <= before
+    # ranks in namespaces cannot reach the host's loopback: the sweep replays their spool
+    with httpx.Client(base_url=api_server.api_url, trust_env=False) as client:
+        for run in client.get("/runs", params={"tag": "sweep"}).json()["data"]:
+            assert run["status"] == "finished" and run["total_sent_bytes"] > 0
+            metrics = client.get(f"/runs/{run['id']}/metrics").json()["data"]
+            assert len([m for m in metrics if m["name"] == "comm/sent_bytes"]) == 12
 
 
 # ----- the run store -----------------------------------------------------------------------
