@@ -43,9 +43,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from benchmarks.tasks import TASKS, Task
 from lightning_quant import QuantizedDDPStrategy
-from lightning_quant.hooks import PEERS, make_comm_hook
+from lightning_quant.hooks import get_scheme, make_comm_hook
 from lightning_quant.runstore import RunStoreLogger, versions
-from lightning_quant.strategy import SINGLE_BUCKET_MB
 
 __all__ = ["StepRecorder", "main", "time_compute"]
 
@@ -159,7 +158,7 @@ def time_peer_codec(
     rank, world = dist.get_rank(), dist.get_world_size()
     groups = [dist.new_group([r], backend="gloo") for r in range(world)]
     own = groups[rank]
-    cap = SINGLE_BUCKET_MB if PEERS[scheme].single_bucket else 25
+    cap = get_scheme(scheme).ddp_settings.get("bucket_cap_mb", 25)
     medians = []
     for hooked in (False, True):
         clone = task.model()
@@ -278,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     dist.barrier()  # every rank times its compute at once, contending for the cores
     compute = time_compute(task, model, train, args.compute_steps)
     peer_codec = None
-    if args.scheme in PEERS:
+    if get_scheme(args.scheme).hides_codec:
         peer_codec = time_peer_codec(task, model, train, args.scheme, args.compute_steps)
     own = {
         "rank": rank,

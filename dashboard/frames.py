@@ -92,6 +92,16 @@ def metric_series(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return frame[SERIES_COLUMNS].sort_values(["run_id", "name", "step"], ignore_index=True)
 
 
+def varying(series: pd.DataFrame, name: str = "bits") -> pd.DataFrame:
+    """Return the points of metric ``name`` of the runs where it took more than one value
+    (a width chosen per step, as DQ-SGD's; every scheme logs its width)."""
+    frame = series[series["name"] == name]
+    if frame.empty:
+        return frame
+    moving = frame.groupby("run_id")["value"].transform("nunique") > 1
+    return frame[moving].reset_index(drop=True)
+
+
 def cumulative(series: pd.DataFrame, name: str = "sent_bytes") -> pd.DataFrame:
     """Return the running total of metric ``name`` per run, as metric ``cumulative_<name>``.
 

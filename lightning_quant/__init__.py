@@ -1,12 +1,18 @@
 """lightning-quant: quantized gradient exchange for data-parallel training.
 
 Importing the package registers a Lightning strategy name ``ddp_<scheme>`` for every
-scheme (``ddp_qsgd``, ``ddp_qsgd_inf``, ``ddp_nuqsgd``, ``ddp_dqsgd``, ``ddp_global_qsgd``,
-``ddp_global_qsgd_exp``), the baselines (``ddp_fp32``, ``ddp_fp16``, ``ddp_bf16``) and
-PyTorch's peers (``ddp_torch_fp16``, ``ddp_torch_powersgd``).
+scheme in :func:`available_schemes`: the quantizers (``ddp_qsgd``, ``ddp_nuqsgd``...),
+the float baselines (``ddp_fp32``...) and PyTorch's own hooks (``ddp_torch_powersgd``...).
 """
 
-from lightning_quant.hooks import QuantizedCommState, make_comm_hook, quantized_hook
+from lightning_quant.hooks import (
+    QuantizedCommState,
+    Scheme,
+    available_schemes,
+    get_scheme,
+    make_comm_hook,
+    quantized_hook,
+)
 from lightning_quant.quantizers import available_quantizers, get_quantizer
 from lightning_quant.strategy import STRATEGY_NAMES, QuantizedDDPStrategy
 
@@ -16,9 +22,12 @@ __all__ = [
     "STRATEGY_NAMES",
     "QuantizedCommState",
     "QuantizedDDPStrategy",
+    "Scheme",
     "__version__",
     "available_quantizers",
+    "available_schemes",
     "get_quantizer",
+    "get_scheme",
     "make_comm_hook",
     "quantized_hook",
 ]

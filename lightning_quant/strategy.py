@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -23,23 +22,20 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from lightning_quant.collectives import AUTO, check_collective
+from lightning_quant.collectives import AUTO
 from lightning_quant.hooks import (
     DEFAULT_MIN_COMPRESS_NUMEL,
-    PEERS,
     STEP_METRICS,
     QuantizedCommState,
-    make_comm_hook,
+    Scheme,
+    available_schemes,
+    get_scheme,
+    scheme_settings,
 )
 from lightning_quant.hooks.groups import node_mesh
 from lightning_quant.hooks.state import check_hierarchical, use_hierarchy
 from lightning_quant.hooks.stats import METRIC_PREFIX
-from lightning_quant.quantizers import (
-    Quantizer,
-    available_quantizers,
-    get_quantizer,
-    quantizer_settings,
-)
+from lightning_quant.quantizers import Quantizer
 from lightning_quant.runstore.logger import CONFIG_KEY, RunStoreLogger
 
 __all__ = ["CHECKPOINT_KEY", "QuantizedDDPStrategy", "STRATEGY_NAMES"]
@@ -48,16 +44,15 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "lightning_quant"
 HISTORY_STEPS = 100_000  # per-step figures kept in memory
-SINGLE_BUCKET_MB = 100_000  # PowerSGD's hook is only safe on gloo with one bucket
 
 
 class QuantizedDDPStrategy(DDPStrategy):
     """DDP with quantized gradient exchange, on CPU (gloo) and CUDA (NCCL).
 
     Args:
-        quantizer: a registry name (``"qsgd"``, ``"qsgd_inf"``, ``"nuqsgd"``, ``"dqsgd"``,
-            ``"global_qsgd"``, ``"fp32"``, ``"fp16"``, ``"bf16"``), a PyTorch peer
-            (``"torch_fp16"``, ``"torch_powersgd"``) or a :class:`Quantizer` instance.
+        quantizer: a scheme's registry name (every quantizer, the float baselines, and
+            PyTorch's own hooks: :func:`~lightning_quant.hooks.available_schemes`), a
+            :class:`Quantizer` or a :class:`~lightning_quant.hooks.Scheme`.
         bits: wire bits per coordinate, sign included (ignored by the float baselines).
         bucket_size: coordinates per quantization bucket (bucketed schemes).
         error_feedback: carry each bucket's quantization error into the next step.
@@ -76,12 +71,13 @@ class QuantizedDDPStrategy(DDPStrategy):
         seed: base seed of the quantization noise; rank ``r`` uses ``seed + r``.
         report_to: URL of a lightning-quant run store; adds a :class:`RunStoreLogger` to
             the trainer's loggers.
-        quantizer_config: further quantizer settings (e.g. DQ-SGD's ``target_error``).
-        powersgd_rank: matrix approximation rank for ``"torch_powersgd"``.
+        quantizer_config: the scheme's further settings (e.g. DQ-SGD's ``target_error``,
+            PowerSGD's ``matrix_approximation_rank``).
         **ddp_kwargs: passed to :class:`DDPStrategy` (``process_group_backend``,
             ``bucket_cap_mb``, ``find_unused_parameters``...).
 
-    DQ-SGD's ``total_steps`` defaults to the trainer's estimated optimizer steps. At setup
+    A scheme that plans over the run's length (DQ-SGD's ``total_steps``) gets the
+    trainer's estimated optimizer steps unless its settings give them. At setup
     the strategy describes the run to every logger (``log_hyperparams`` under
     ``"lightning_quant"``); every optimizer step's communication figures go to every logger
     from rank zero, named ``comm/<name>`` for each name in ``STEP_METRICS``. This rank's
@@ -93,7 +89,7 @@ class QuantizedDDPStrategy(DDPStrategy):
 
     def __init__(
         self,
-        quantizer: str | Quantizer = "qsgd",
+        quantizer: str | Quantizer | Scheme = "qsgd",
         bits: int = 4,
         bucket_size: int = 512,
         error_feedback: bool = False,
@@ -105,21 +101,14 @@ class QuantizedDDPStrategy(DDPStrategy):
         seed: int = 0,
         report_to: str | None = None,
         quantizer_config: dict[str, Any] | None = None,
-        powersgd_rank: int = 4,
         **ddp_kwargs: Any,
     ) -> None:
-        if isinstance(quantizer, str) and quantizer in PEERS and PEERS[quantizer].single_bucket:
-            ddp_kwargs.setdefault("bucket_cap_mb", SINGLE_BUCKET_MB)
+        # every setting is checked now, not once training starts
+        self.scheme: Scheme = _build_scheme(quantizer, bits, bucket_size, quantizer_config or {})
+        self.scheme.check_collective(collective)
+        for key, value in self.scheme.ddp_settings.items():  # what DDP needs for it
+            ddp_kwargs.setdefault(key, value)
         super().__init__(**ddp_kwargs)
-        self.scheme: str | Quantizer = _build_quantizer(
-            quantizer, bits, bucket_size, quantizer_config or {}
-        )
-        if isinstance(self.scheme, Quantizer):  # refuse now, not once training starts
-            check_collective(self.scheme.name, self.scheme.collectives, collective)
-        # DQ-SGD plans over the run's length unless told otherwise
-        self._plan_total_steps = isinstance(quantizer, str) and "total_steps" not in (
-            quantizer_config or {}
-        )
         self.error_feedback = error_feedback
         self.min_compress_numel = min_compress_numel
         self.compress_1d = compress_1d
@@ -129,7 +118,6 @@ class QuantizedDDPStrategy(DDPStrategy):
         check_hierarchical(hierarchical)  # an unknown value fails now
         self.seed = seed
         self.report_to = report_to
-        self.powersgd_rank = powersgd_rank
         self.comm_state: QuantizedCommState | None = None
         self.stats_history: deque[dict[str, float]] = deque(maxlen=HISTORY_STEPS)
         self._pending_state: dict[str, Any] | None = None
@@ -139,17 +127,16 @@ class QuantizedDDPStrategy(DDPStrategy):
 
     @property
     def scheme_name(self) -> str:
-        return self.scheme if isinstance(self.scheme, str) else self.scheme.name
+        return self.scheme.name
 
     def config_dict(self) -> dict[str, Any]:
         """Return the strategy and quantizer settings, as stored with a run."""
-        scheme = self.scheme
-        quantizer = scheme.config_dict() if isinstance(scheme, Quantizer) else {}
+        quantizer = self.scheme.config_dict()
         state = self.comm_state
         chosen = state.collective if state is not None else self.collective
         return {
             "scheme": self.scheme_name,
-            "bits": scheme.bits if isinstance(scheme, Quantizer) else PEERS[scheme].bits,
+            "bits": self.scheme.bits,
             "bucket_size": quantizer.get("bucket_size"),
             "collective": str(chosen),
             "hierarchical": state.hierarchical if state is not None else self.hierarchical,
@@ -194,18 +181,17 @@ class QuantizedDDPStrategy(DDPStrategy):
     def _register_ddp_hooks(self) -> None:
         """Register the quantized hook on every device type (Lightning's does CUDA only)."""
         assert isinstance(self.model, DistributedDataParallel)
-        scheme = self.scheme
-        if isinstance(scheme, Quantizer) and self._plan_total_steps:
-            steps = self._estimated_steps()
-            if steps and "total_steps" in quantizer_settings(scheme.name):  # DQ-SGD plans
-                settings = {**dataclasses.asdict(scheme.config), "total_steps": steps}
-                scheme = get_quantizer(scheme.name, **settings)
-                self.scheme = scheme
+        why = self.scheme.unavailable(self._get_process_group_backend())
+        if why:
+            raise RuntimeError(f"{self.scheme_name}: {why}")
+        steps = self._estimated_steps()
+        if steps:
+            self.scheme = self.scheme.for_run(steps)
         per_node = len(self.parallel_devices or [None])
-        hierarchy = use_hierarchy(self.hierarchical, self.world_size, per_node)
-        state, hook = make_comm_hook(
-            scheme,
-            powersgd_rank=self.powersgd_rank,
+        hierarchy = self.scheme.hierarchical and use_hierarchy(
+            self.hierarchical, self.world_size, per_node
+        )
+        state, hook = self.scheme.make_hook(
             error_feedback=self.error_feedback,
             min_compress_numel=self.min_compress_numel,
             compress_1d=self.compress_1d,
@@ -311,27 +297,20 @@ class QuantizedDDPStrategy(DDPStrategy):
         super().teardown()
 
 
-def _build_quantizer(
-    quantizer: str | Quantizer, bits: int, bucket_size: int, extra: dict[str, Any]
-) -> str | Quantizer:
-    """Return the quantizer (or peer name), checking every setting now, not mid-training."""
-    if isinstance(quantizer, Quantizer):
+def _build_scheme(
+    quantizer: str | Quantizer | Scheme, bits: int, bucket_size: int, extra: dict[str, Any]
+) -> Scheme:
+    """Return the scheme, with ``bits`` and ``bucket_size`` where it takes them."""
+    if not isinstance(quantizer, str):
         if extra:
-            raise ValueError("quantizer_config is for names; a Quantizer instance has its own")
-        return quantizer
-    if quantizer in PEERS:
-        return quantizer
-    if quantizer not in available_quantizers():
-        raise KeyError(
-            f"unknown quantizer {quantizer!r}; available: "
-            f"{', '.join(available_quantizers() + list(PEERS))}"
-        )
-    fields = quantizer_settings(quantizer)
-    settings = {k: v for k, v in {"bits": bits, "bucket_size": bucket_size}.items() if k in fields}
-    return get_quantizer(quantizer, **settings, **extra)
+            raise ValueError("quantizer_config is for names; an instance has its own settings")
+        return get_scheme(quantizer)
+    takes = scheme_settings(quantizer)  # an unknown name fails here, with the list
+    shared = {k: v for k, v in {"bits": bits, "bucket_size": bucket_size}.items() if k in takes}
+    return get_scheme(quantizer, **{**shared, **extra})
 
 
-STRATEGY_NAMES = {f"ddp_{name}": name for name in (*available_quantizers(), *PEERS)}
+STRATEGY_NAMES = {f"ddp_{name}": name for name in available_schemes()}
 
 
 def _register_strategies() -> None:

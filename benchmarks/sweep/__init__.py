@@ -22,9 +22,9 @@ Example::
     python -m benchmarks.sweep --task large --schemes fp32,qsgd,nuqsgd,torch_fp16 \\
         --bits 4 --world-size 2 --link 100mbit --steps 30 --json large-100mbit.json
 
-Requested schemes are never dropped: PyTorch hooks that cannot run on gloo/CPU
-(``torch_bf16``, ``torch_quantization``) and settings a scheme refuses (Global-QSGD at
-3 bits) become records with status
+Requested schemes are never dropped: a scheme that cannot run on gloo/CPU
+(``Scheme.unavailable``) and settings a scheme refuses (a width it has not) become
+records with status
 ``"unavailable"`` and the reason; a run that crashes or times out becomes a record with
 status ``"failed"`` and the tail of its log, and the sweep goes on.
 """

@@ -29,7 +29,7 @@ from benchmarks.sweep.tables import (
 )
 from benchmarks.tasks import TASKS
 from lightning_quant.collectives import AUTO, Collective
-from lightning_quant.quantizers import available_quantizers, quantizer_settings
+from lightning_quant.hooks import scheme_settings
 
 __all__ = ["main", "parse_args"]
 
@@ -94,8 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--schemes",
         type=_comma(str),
         default="fp32,qsgd,qsgd_inf,nuqsgd,dqsgd,global_qsgd,torch_fp16,torch_powersgd",
-        help="comma list of registry names and PyTorch peers (torch_fp16, torch_powersgd; "
-        "torch_bf16 and torch_quantization are reported unavailable on gloo/CPU)",
+        help=f"comma list of schemes: {', '.join(known_schemes())} (one that cannot run "
+        "on gloo is reported unavailable, with the reason)",
     )
     parser.add_argument("--bits", type=_comma(int), default="4", help="comma list; "
                         "float schemes and peers run once at their own width")  # fmt: skip
@@ -194,7 +194,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _scheme_settings(scheme: str) -> list[str]:
-    return sorted(quantizer_settings(scheme)) if scheme in available_quantizers() else []
+    return sorted(scheme_settings(scheme))
 
 
 def _check_network(links: Sequence[str], console: Console) -> bool:

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.tasks import TASKS
-from lightning_quant.collectives import AUTO, Collective, check_collective, choose_collective
-from lightning_quant.hooks import PEERS
+from lightning_quant.collectives import AUTO, Collective, choose_collective
+from lightning_quant.hooks import Scheme, available_schemes, get_scheme, scheme_settings
+from lightning_quant.hooks.schemes import scheme_defaults
 from lightning_quant.hooks.state import use_hierarchy
-from lightning_quant.quantizers import available_quantizers, get_quantizer, quantizer_settings
 
 __all__ = [
     "BASELINE",
-    "UNAVAILABLE_PEERS",
     "RunSpec",
     "known_schemes",
     "own_settings",
@@ -23,22 +22,8 @@ __all__ = [
     "wire_bits",
 ]
 
-BASELINE = "fp32"
-# PyTorch hooks a user might pick that cannot run here; why, as measured in PEERS.md.
-UNAVAILABLE_PEERS = {
-    "torch_bf16": (
-        16,
-        "unavailable on gloo/CPU: DDP refuses to register PyTorch's bf16_compress_hook "
-        "unless CUDA with NCCL 2.10+ is present (gloo itself sums bf16; our 'bf16' "
-        "baseline does that) - see PEERS.md",
-    ),
-    "torch_quantization": (
-        8,
-        "unavailable on gloo/CPU: PyTorch's quantization_pertensor_hook crashes in its "
-        "decode step ('IndexError: invalid index of a 0-dim tensor'); it expects the "
-        "nested all-gather output NCCL gives, gloo gives a flat one - see PEERS.md",
-    ),
-}
+BASELINE = "fp32"  # every ratio is to plain fp32 DDP
+BACKEND = "gloo"  # the sweep's ranks run on CPU
 
 
 @dataclass(frozen=True)
@@ -83,43 +68,36 @@ class RunSpec:
 
     def quantizer_settings(self) -> dict[str, Any]:
         """Return the settings the ranks build the scheme with."""
-        return scheme_settings(self.scheme, self.task, self.bits, self.bucket_size, self.settings)
+        return scheme_settings_for(
+            self.scheme, self.task, self.bits, self.bucket_size, self.settings
+        )
 
 
-def scheme_settings(
+def scheme_settings_for(
     scheme: str, task: str, bits: int, bucket_size: int, settings: tuple[tuple[str, Any], ...]
 ) -> dict[str, Any]:
-    """Return the settings a run builds ``scheme`` with: ``bits`` and ``bucket_size``
-    where it has them (DQ-SGD: ``bits`` is its largest width, and its bound assumes the
-    task's learning rate), then ``--settings``."""
-    if scheme not in available_quantizers():
-        return {}
-    fields = quantizer_settings(scheme)
-    built = {k: v for k, v in (("bits", bits), ("bucket_size", bucket_size)) if k in fields}
-    if "max_bits" in fields:
-        built.update(max_bits=bits, lr=TASKS[task].lr)
+    """Return the settings a run builds ``scheme`` with: those that run it at ``bits`` under
+    the task's learning rate (:func:`~lightning_quant.hooks.schemes.scheme_defaults`),
+    ``bucket_size`` where it has one, then ``--settings``."""
+    built = scheme_defaults(scheme, bits, TASKS[task].lr)
+    if "bucket_size" in scheme_settings(scheme):
+        built["bucket_size"] = bucket_size
     return {**built, **dict(settings)}
 
 
 def known_schemes() -> list[str]:
-    """Return every name ``--schemes`` accepts: the registry, the peers, the unavailable."""
-    return [*available_quantizers(), *PEERS, *UNAVAILABLE_PEERS]
+    """Return every name ``--schemes`` accepts: the registry's."""
+    return available_schemes()
 
 
 def wire_bits(scheme: str) -> int | None:
     """Return the fixed width of a scheme without a ``bits`` setting, else ``None``."""
-    if scheme in PEERS:
-        return PEERS[scheme].bits
-    if scheme in UNAVAILABLE_PEERS:
-        return UNAVAILABLE_PEERS[scheme][0]
-    return None if "bits" in quantizer_settings(scheme) else get_quantizer(scheme).bits
+    return None if "bits" in scheme_settings(scheme) else get_scheme(scheme).bits
 
 
 def own_settings(scheme: str, settings: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """Return the ``--settings`` that ``scheme`` has, sorted."""
-    if scheme not in available_quantizers():
-        return ()
-    fields = quantizer_settings(scheme)
+    fields = scheme_settings(scheme)
     return tuple(sorted((k, v) for k, v in settings.items() if k in fields))
 
 
@@ -128,37 +106,36 @@ def _collectives(
 ) -> tuple[list[str], str | None]:
     """Return the collectives ``scheme``, built with ``built``, runs with among ``world``
     ranks (each once), or why it cannot run."""
-    if scheme in UNAVAILABLE_PEERS:
-        return [Collective.ALLREDUCE], UNAVAILABLE_PEERS[scheme][1]
-    if scheme in PEERS:
-        return [Collective.ALLREDUCE], None  # PyTorch's hooks all-reduce
     try:
-        q = get_quantizer(scheme, **built)
+        spec = get_scheme(scheme, **built)
     except ValueError as error:
         return [AUTO], f"unavailable: {error}"
+    why = spec.unavailable(BACKEND)
+    if why:
+        return [Collective.ALLREDUCE], why
     usable = []
     for wanted in requested:
         try:
-            check_collective(scheme, q.collectives, wanted)
+            spec.check_collective(wanted)
         except ValueError:
             continue
         usable.append(wanted)
     chosen = [
-        choose_collective(scheme, q.collectives, wanted, world, q.allreduce_limit())
+        choose_collective(scheme, spec.collectives, wanted, world, spec.allreduce_limit())
         for wanted in usable or [AUTO]  # a scheme none of the asked ones suits: its own
     ]
     return list(dict.fromkeys(str(c) for c in chosen)), None
 
 
-def _paths(scheme: str, world: int, per_node: int, requested: list[bool | str]) -> list[bool]:
+def _paths(scheme: Scheme, world: int, per_node: int, requested: list[bool | str]) -> list[bool]:
     """Return the paths (hierarchical or flat) a scheme runs on, each once.
 
     The baseline always runs flat too: every ratio is to plain fp32 DDP.
     """
-    if scheme in PEERS or scheme in UNAVAILABLE_PEERS:
-        return [False]  # PyTorch's hooks know no hierarchy
+    if not scheme.hierarchical:
+        return [False]
     paths = [use_hierarchy(value, world, per_node) for value in requested]
-    return list(dict.fromkeys([False, *paths] if scheme == BASELINE else paths))
+    return list(dict.fromkeys([False, *paths] if scheme.name == BASELINE else paths))
 
 
 def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
@@ -181,10 +158,10 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
         settings = own_settings(scheme, getattr(args, "settings", None) or {})
         for bits, hierarchical in itertools.product(
             [fixed] if fixed is not None else args.bits,
-            _paths(scheme, world, per_node, args.hierarchical),
+            _paths(get_scheme(scheme), world, per_node, args.hierarchical),
         ):
             reducing = nodes if hierarchical else world  # ranks the quantized collective spans
-            built = scheme_settings(scheme, args.task, bits, args.bucket_size, settings)
+            built = scheme_settings_for(scheme, args.task, bits, args.bucket_size, settings)
             collectives, why = _collectives(scheme, built, reducing, args.collective)
             for collective in collectives:
                 specs.append(

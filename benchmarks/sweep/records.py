@@ -34,7 +34,7 @@ from benchmarks.sweep.launch import RunFailed
 from benchmarks.sweep.plan import RunSpec
 from benchmarks.tasks import TASKS
 from lightning_quant.collectives import fp32_allreduce_bytes
-from lightning_quant.hooks import PEERS
+from lightning_quant.hooks import get_scheme
 
 __all__ = [
     "LOSS_WINDOW",
@@ -129,7 +129,7 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
     own = measured[0]
     raw = median_of("raw_bytes", own)
     sent = statistics.fmean(sent_per_rank)
-    if spec.scheme in PEERS:  # their codec hides in their hook; timed apart
+    if get_scheme(spec.scheme).hides_codec:  # PyTorch's hooks: their codec is timed apart
         codec = max(r.get("peer_codec_s") or 0.0 for r in ranks)
     else:
         codec = max(_median([s["encode_s"] + s["decode_s"] for s in steps]) for steps in measured)

@@ -24,7 +24,7 @@ from typing import Any
 from benchmarks.sweep.launch import threads_per_rank
 from benchmarks.sweep.plan import RunSpec
 from benchmarks.tasks import TASKS
-from lightning_quant.quantizers import available_quantizers, get_quantizer
+from lightning_quant.hooks import get_scheme
 from lightning_quant.runstore import RunRecord, StoreClient, replay_spool, versions
 
 __all__ = ["SweepStore", "planned_record"]
@@ -84,8 +84,8 @@ def planned_record(spec: RunSpec, key: str, tags: tuple[str, ...]) -> RunRecord:
     """The run as the sweep plans it (what stands in the store if no rank ever reported)."""
     task = TASKS[spec.task]
     quantizer = (
-        get_quantizer(spec.scheme, **spec.quantizer_settings()).config_dict()
-        if not spec.unavailable and spec.scheme in available_quantizers()
+        get_scheme(spec.scheme, **spec.quantizer_settings()).config_dict()
+        if not spec.unavailable
         else {}
     )
     return RunRecord(

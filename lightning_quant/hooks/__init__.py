@@ -23,59 +23,55 @@ from typing import Any
 
 from torch.distributed import ProcessGroup
 
+from lightning_quant.hooks import peers  # noqa: F401 - registers PyTorch's hooks
 from lightning_quant.hooks.hook import quantized_hook
-from lightning_quant.hooks.peers import PEERS, Peer
+from lightning_quant.hooks.schemes import (
+    Scheme,
+    available_schemes,
+    get_scheme,
+    scheme_settings,
+    split_settings,
+)
 from lightning_quant.hooks.state import DEFAULT_MIN_COMPRESS_NUMEL, QuantizedCommState
 from lightning_quant.hooks.stats import STEP_METRICS, StepStats
 from lightning_quant.quantizers import Quantizer
 
 __all__ = [
     "DEFAULT_MIN_COMPRESS_NUMEL",
-    "PEERS",
     "STEP_METRICS",
-    "Peer",
     "QuantizedCommState",
+    "Scheme",
     "StepStats",
+    "available_schemes",
+    "get_scheme",
     "make_comm_hook",
     "quantized_hook",
+    "scheme_settings",
 ]
 
 
 def make_comm_hook(
-    scheme: str | Quantizer,
+    scheme: str | Quantizer | Scheme,
     process_group: ProcessGroup | None = None,
-    powersgd_rank: int = 4,
     **settings: Any,
 ) -> tuple[QuantizedCommState, Any]:
-    """Return ``(state, hook)`` for a registry scheme, a ``Quantizer``, or a PyTorch peer.
+    """Return ``(state, hook)`` for a scheme: a registry name, a ``Quantizer``, a ``Scheme``.
 
     Args:
-        scheme: a quantizer registry name, a :class:`Quantizer`, or a name in
-            :data:`PEERS` (``"torch_fp16"``, ``"torch_powersgd"``).
+        scheme: a name in :func:`available_schemes` (every quantizer, and PyTorch's hooks
+            ``"torch_fp16"``, ``"torch_powersgd"``, ``"torch_bf16"``), a :class:`Quantizer`
+            or a :class:`Scheme`.
         process_group: the group to reduce over.
-        powersgd_rank: PowerSGD's matrix approximation rank.
         **settings: :class:`QuantizedCommState` keywords (``error_feedback``, ``seed``,
             ``min_compress_numel``, ``compress_1d``, ``start_step``, ``collective``,
-            ``ranks_per_node``, ``hierarchical``, ``mesh``, ``intra_dtype``) and quantizer
-            settings (``bits``, ``bucket_size``...).
+            ``ranks_per_node``, ``hierarchical``, ``mesh``, ``intra_dtype``) and the
+            scheme's own settings (:func:`scheme_settings`: ``bits``, ``bucket_size``...,
+            PowerSGD's ``matrix_approximation_rank``).
 
     Example::
 
         state, hook = make_comm_hook("nuqsgd", bits=4, seed=0)
         ddp_model.register_comm_hook(state.bind(ddp_model), hook)
     """
-    if isinstance(scheme, str) and scheme in PEERS:
-        peer = PEERS[scheme]
-        kept = {k: v for k, v in settings.items() if k == "ranks_per_node"}  # for counting
-        state = QuantizedCommState(peer.counted_as, process_group, **kept)
-        if scheme == "torch_powersgd":
-            from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState
-
-            state.powersgd = PowerSGDState(
-                process_group=process_group,
-                matrix_approximation_rank=powersgd_rank,
-                start_powerSGD_iter=2,
-                random_seed=settings.get("seed", 0),
-            )
-        return state, peer.hook
-    return QuantizedCommState(scheme, process_group, **settings), quantized_hook
+    state_settings, own = split_settings(settings)
+    return get_scheme(scheme, **own).make_hook(process_group, **state_settings)

@@ -35,7 +35,7 @@ def quantized_hook(state: QuantizedCommState, bucket: dist.GradBucket) -> Future
     stats = state.begin_bucket(bucket)
     tensor = bucket.buffer()
     plan = state.plan(bucket)
-    state.measure_gradient(tensor, plan)  # before the path overwrites it with the mean
+    state.observe(tensor, plan)  # before the path overwrites it with the mean
     path: Stages | Final
     if state.warming_up or not plan.compresses_any:
         stats.add(uncompressed_bytes=tensor.numel() * tensor.element_size())
@@ -47,7 +47,7 @@ def quantized_hook(state: QuantizedCommState, bucket: dist.GradBucket) -> Future
     last = bucket.is_last()
     future = state.pipeline.run(path, tensor.device, last)
     if last:  # every rank has launched all of the step's other collectives
-        state.share_gradient_norm(stats)
+        state.end_step(stats)
     return future
 
 
@@ -58,6 +58,7 @@ def _job(
     return Job(
         layout=layout,
         quantizer=state.quantizer if compressed else _PLAIN,
+        bits=state.bits if compressed else None,
         stats=stats,
         generator=state.generator(x.device),
         worker_residuals=state.worker_residuals if feedback else None,

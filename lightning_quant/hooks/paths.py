@@ -92,14 +92,11 @@ class Job:
 
     layout: Layout  # the parameters the reduced tensor holds, for error feedback
     quantizer: Quantizer
+    bits: int | None  # this step's width (None: the quantizer's own)
     stats: StepStats
     generator: torch.Generator
     worker_residuals: ResidualMemory | None  # None: no error feedback
     owner_residuals: ResidualMemory | None
-
-    @property
-    def bits(self) -> int:
-        return self.stats.bits
 
     def timed(self, name: str) -> AbstractContextManager[None]:
         """Time a codec stage on the bucket's device (CUDA events there)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -130,14 +130,9 @@ class QuantizedCommState:
         quantizer.check_reduction(reducing.size, self.collective)
         # internal state
         self.step = 0
-        # DQ-SGD's input: the previous step's gradient norm, as the mean over ranks of
-        # their own squared norms (see share_gradient_norm)
-        self.last_grad_norm: float | None = None
-        self._local_sq_norm: torch.Tensor | None = None  # this step's, so far
-        self._shared_sq_norm: tuple[dist.Work, torch.Tensor] | None = None  # in flight
+        self.bits = quantizer.bits  # this step's width (a policy's choice, else the scheme's)
         two_stage = self.collective is Collective.REDUCE_SCATTER
         self.policy = quantizer.make_policy(workers=reducing.size, two_stage=two_stage)
-        self.powersgd: Any = None  # PowerSGDState when running PyTorch's PowerSGD as a peer
         self._param_names: dict[int, str] = {}
         self._plans: dict[int, BucketPlan] = {}  # by bucket index
         self.worker_residuals = ResidualMemory()  # what this rank's encoding lost
@@ -224,7 +219,7 @@ class QuantizedCommState:
     # --- per-step bookkeeping --------------------------------------------------------------
 
     def begin_bucket(self, bucket: dist.GradBucket) -> StepStats:
-        """Count the bucket; at bucket 0 open a new step and pick its width (DQ-SGD)."""
+        """Count the bucket; at bucket 0 open a new step and take its width."""
         if bucket.index() == 0:
             if not self._world_checked:
                 size = dist.get_world_size(self.group.process_group) if dist.is_initialized() else 1
@@ -232,46 +227,38 @@ class QuantizedCommState:
                 self._world_checked = True
             if self.current.buckets:
                 self.step += 1
-                self._settle_gradient_norm()
-            self.current = StepStats(step=self.step, world_size=self.world_size)
-            bits = self.quantizer.bits
-            self.current.bits = self.policy.choose(self.last_grad_norm) if self.policy else bits
+            self.bits = self.policy.begin_step() if self.policy else self.quantizer.bits
+            self.current = StepStats(step=self.step, world_size=self.world_size, bits=self.bits)
         tensor = bucket.buffer()
         self.current.add(buckets=1, raw_bytes=tensor.numel() * tensor.element_size())
         return self.current
 
-    def measure_gradient(self, tensor: torch.Tensor, plan: BucketPlan) -> None:
-        """Add this rank's squared norm of the bucket's compressed elements (DQ-SGD only)."""
-        if self.policy is None:
-            return
-        if self._local_sq_norm is None:
-            self._local_sq_norm = torch.zeros(1, device=tensor.device)
-        for start, end, compressed in plan.runs:
-            if compressed:
-                self._local_sq_norm += tensor[start:end].float().pow(2).sum()
+    def observe(self, tensor: torch.Tensor, plan: BucketPlan) -> None:
+        """Show the scheme's step policy, if any, the elements of ``tensor`` it compresses."""
+        if self.policy is not None:
+            for start, end, compressed in plan.runs:
+                if compressed:
+                    self.policy.observe(tensor[start:end])
 
-    def share_gradient_norm(self, stats: StepStats) -> None:
-        """At the step's last bucket, start summing the ranks' squared norms (DQ-SGD only).
+    def end_step(self, stats: StepStats) -> None:
+        """After the step's last collective is launched, let the policy share what it needs.
 
-        The rule needs the workers' gradient norm, the same on every rank. The norm of the
-        decoded mean is not it: quantization noise inflates it (about 3x at 3 bits on two
-        stages), the more the narrower the step. One all-reduce of a float per step,
-        launched after every other collective of the step, read at the next step's first
-        bucket.
+        Its sums are one more all-reduce per step, launched after every other collective of
+        the step (so in the same order on every rank) and read at the next step's start.
         """
-        total = self._local_sq_norm
-        if total is None:  # not DQ-SGD: nothing measured
-            return
-        self._shared_sq_norm = (all_reduce(stats, self.group, total), total)
-        self._local_sq_norm = None
+        if self.policy is not None:
+            self.policy.end_step(functools.partial(self._mean_over_ranks, stats))
 
-    def _settle_gradient_norm(self) -> None:
-        """Read the finished step's shared norm into ``last_grad_norm``."""
-        if self._shared_sq_norm is not None:
-            work, total = self._shared_sq_norm
+    def _mean_over_ranks(
+        self, stats: StepStats, tensor: torch.Tensor
+    ) -> Callable[[], torch.Tensor]:
+        work = all_reduce(stats, self.group, tensor)
+
+        def mean() -> torch.Tensor:
             work.wait()
-            self.last_grad_norm = math.sqrt(float(total) / self.world_size)
-            self._shared_sq_norm = None
+            return tensor / self.world_size
+
+        return mean
 
     def compression_stats(self) -> dict[str, float]:
         """Return the figures of the latest step (complete once its backward has finished)."""
@@ -282,10 +269,8 @@ class QuantizedCommState:
     def state_dict(self) -> dict[str, Any]:
         """Return this rank's step, policy, residuals (by parameter) and random streams."""
         done = bool(self.current.buckets)  # the current step's backward has finished
-        self._settle_gradient_norm()
         return {
             "step": self.step + done,
-            "last_grad_norm": self.last_grad_norm,
             "rank": self.rank,
             "world_size": self.world_size,
             "collective": str(self.collective),
@@ -317,7 +302,6 @@ class QuantizedCommState:
         self.owner_residuals.load_state_dict(
             state.get("owner_residuals", {}) if same_layout else {}
         )
-        self.last_grad_norm = state.get("last_grad_norm")
         self.current = StepStats(step=self.step, world_size=self.world_size)
 
 

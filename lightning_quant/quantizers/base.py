@@ -6,7 +6,7 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 
@@ -16,9 +16,12 @@ __all__ = [
     "Payload",
     "Quantizer",
     "QuantizerConfig",
+    "Share",
+    "StepPolicy",
     "available_quantizers",
     "fit_factors",
     "get_quantizer",
+    "quantizer_defaults",
     "quantizer_settings",
     "register_quantizer",
     "round_stochastically",
@@ -79,12 +82,49 @@ class Payload:
         return dataclasses.replace(self, data=wire[split:], scales=scales)
 
 
+# ``share(tensor)`` starts summing ``tensor`` over the ranks and returns a function that
+# waits for it and gives the mean: what the hook's state hands a policy once a step.
+Share = Callable[[torch.Tensor], Callable[[], torch.Tensor]]
+
+
+class StepPolicy(Protocol):
+    """What a scheme keeps from step to step in the hook's state (DQ-SGD's width rule).
+
+    The hook calls :meth:`begin_step` at a step's first bucket, :meth:`observe` with the
+    elements it compresses (before they are reduced), and :meth:`end_step` after the
+    step's last collective is launched, so anything it shares goes in the same order on
+    every rank. The policy saves and restores itself with the hook's checkpoints.
+    """
+
+    def begin_step(self) -> int:
+        """Return this step's width."""
+        ...
+
+    def observe(self, values: torch.Tensor) -> None:
+        """See elements this rank compresses in this step."""
+        ...
+
+    def end_step(self, share: Share) -> None:
+        """Share what the next step's choice needs (once per step, on every rank)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass(frozen=True)
 class QuantizerConfig:
     """Settings shared by every scheme; schemes subclass it with their own fields."""
 
     def __post_init__(self) -> None:
         """Check the settings; subclasses raise ``ValueError`` saying what to change."""
+
+    @classmethod
+    def settings_for(cls, bits: int, lr: float | None = None) -> dict[str, Any]:
+        """Return the settings that run the scheme at ``bits``, where it has a width, under
+        an optimizer of learning rate ``lr``, where its rule assumes one (a sweep's runs)."""
+        return {"bits": bits} if "bits" in {f.name for f in dataclasses.fields(cls)} else {}
 
 
 ConfigT = TypeVar("ConfigT", bound=QuantizerConfig)
@@ -190,6 +230,11 @@ class Quantizer(ABC):
         """Return the most ranks whose payloads a SUM all-reduce adds exactly (None: any)."""
         return None
 
+    def for_run(self, total_steps: int) -> Quantizer:
+        """Return this scheme for a run of ``total_steps`` optimizer steps (the strategy knows
+        them from the trainer); a scheme that plans over the run's length reads them."""
+        return self
+
     def check_reduction(self, workers: int, collective: Collective) -> None:
         """Warn where reducing over ``workers`` with ``collective`` makes this scheme do harm
         a user would not expect (nothing by default)."""
@@ -203,7 +248,7 @@ class Quantizer(ABC):
         generator = torch.Generator(device=device).manual_seed(0)
         self.decode(self.encode(x, generator, scale=scale))
 
-    def make_policy(self, workers: int = 1, two_stage: bool = False) -> Any:
+    def make_policy(self, workers: int = 1, two_stage: bool = False) -> StepPolicy | None:
         """Return the per-step state this scheme keeps in the hook's state, or ``None``.
 
         Args:
@@ -279,6 +324,11 @@ def _scheme_class(name: str) -> type[Quantizer]:
 def quantizer_settings(name: str) -> frozenset[str]:
     """Return the names of the settings scheme ``name`` takes (its config's fields)."""
     return frozenset(f.name for f in dataclasses.fields(_scheme_class(name).config_class))
+
+
+def quantizer_defaults(name: str, bits: int, lr: float | None = None) -> dict[str, Any]:
+    """Return :meth:`QuantizerConfig.settings_for` of scheme ``name``."""
+    return _scheme_class(name).config_class.settings_for(bits, lr)
 
 
 def get_quantizer(name: str, **config: Any) -> Quantizer:

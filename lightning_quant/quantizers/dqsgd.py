@@ -49,12 +49,16 @@ errs towards more bits there.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lightning_quant.quantizers.base import register_quantizer
+import torch
+
+from lightning_quant.quantizers.base import Share, register_quantizer
 from lightning_quant.quantizers.bucketed import (
     MAX_BITS,
     MIN_BITS,
@@ -63,7 +67,9 @@ from lightning_quant.quantizers.bucketed import (
     check_bits,
 )
 
-__all__ = ["DQSGD", "DQSGDConfig", "DQSGDPolicy"]
+__all__ = ["DEFAULT_TOTAL_STEPS", "DQSGD", "DQSGDConfig", "DQSGDPolicy"]
+
+DEFAULT_TOTAL_STEPS = 1000  # the run's length where nothing says it
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,9 @@ class DQSGDConfig(BucketConfig):
         min_bits: smallest width the policy may choose (2 to 8).
         max_bits: largest width the policy may choose (``min_bits`` to 8).
         target_error: ``epsilon``, the total quantization-error budget, > 0.
-        total_steps: ``T``, the optimizer steps of the run, >= 1.
+        total_steps: ``T``, the optimizer steps of the run, >= 1; ``None`` (default): the
+            trainer's estimated steps under the strategy (:meth:`DQSGD.for_run`), else
+            :data:`DEFAULT_TOTAL_STEPS`.
         lr: ``eta``, the SGD step size the bound assumes, > 0.
         mu: ``mu``, the strong-convexity constant the bound assumes, >= 0, ``mu*lr < 1``.
     """
@@ -84,9 +92,14 @@ class DQSGDConfig(BucketConfig):
     min_bits: int = 2
     max_bits: int = 8
     target_error: float = 1.0
-    total_steps: int = 1000
+    total_steps: int | None = None
     lr: float = 0.1
     mu: float = 0.01
+
+    @classmethod
+    def settings_for(cls, bits: int, lr: float | None = None) -> dict[str, Any]:
+        """``bits`` is the widest the rule may choose, and its bound assumes ``lr``."""
+        return {"bits": bits, "max_bits": bits, **({"lr": lr} if lr is not None else {})}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,7 +111,9 @@ class DQSGDConfig(BucketConfig):
             )
         if not self.target_error > 0:
             raise ValueError(f"target_error must be > 0, got {self.target_error!r}")
-        if not isinstance(self.total_steps, int) or self.total_steps < 1:
+        if self.total_steps is not None and (
+            not isinstance(self.total_steps, int) or self.total_steps < 1
+        ):
             raise ValueError(f"total_steps must be a positive integer, got {self.total_steps!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
@@ -107,7 +122,13 @@ class DQSGDConfig(BucketConfig):
 
 
 class DQSGDPolicy:
-    """The per-step choice of bits; the only state DQ-SGD carries between steps.
+    """The per-step choice of bits, and the gradient norm it is made from.
+
+    The hook's state drives it as a :class:`~lightning_quant.quantizers.base.StepPolicy`:
+    every rank sums the squares of the elements it compresses (:meth:`observe`); after
+    the step's last collective one all-reduce of that float gives the mean over ranks
+    (:meth:`end_step`), read at the next step's first bucket (:meth:`begin_step`), whose
+    width :meth:`choose` picks from it.
 
     Example::
 
@@ -127,13 +148,42 @@ class DQSGDPolicy:
         self.step = 0
         self.bits = config.bits
         self.widths: dict[int, int] = {}  # steps taken at each width (bounded, unlike a log)
+        self.last_grad_norm: float | None = None  # the ranks' previous step, once known
+        self._squares: torch.Tensor | None = None  # this step's, so far, on this rank
+        self._shared: Callable[[], torch.Tensor] | None = None  # the mean over ranks, pending
+
+    # --- as the hook's step policy --------------------------------------------------------
+
+    def begin_step(self) -> int:
+        """Read the previous step's shared norm and return this step's width."""
+        self._settle()
+        return self.choose(self.last_grad_norm)
+
+    def observe(self, values: torch.Tensor) -> None:
+        """Add the squares of elements this rank compresses in this step."""
+        total = values.detach().float().pow(2).sum().reshape(1)
+        self._squares = total if self._squares is None else self._squares + total
+
+    def end_step(self, share: Share) -> None:
+        """Start averaging this step's squared norm over the ranks (one float)."""
+        if self._squares is not None:
+            self._shared = share(self._squares)
+            self._squares = None
+
+    def _settle(self) -> None:
+        if self._shared is not None:
+            self.last_grad_norm = math.sqrt(float(self._shared()))
+            self._shared = None
+
+    # --- the rule -------------------------------------------------------------------------
 
     def levels_for(self, grad_norm: float, step: int) -> float:
         """Return the rule's (real-valued) level count ``s_t`` at ``step``."""
         c = self.config
-        remaining = max(c.total_steps - 1 - step, 0)
+        total = c.total_steps or DEFAULT_TOTAL_STEPS
+        remaining = max(total - 1 - step, 0)
         decay = (1.0 - c.mu * c.lr) ** remaining
-        budget = self.kappa * c.total_steps * c.bucket_size * decay / (4 * c.target_error)
+        budget = self.kappa * total * c.bucket_size * decay / (4 * c.target_error)
         return grad_norm * math.sqrt(budget)
 
     def bits_for(self, grad_norm: float, step: int) -> int:
@@ -170,12 +220,20 @@ class DQSGDPolicy:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "bits": self.bits, "widths": dict(self.widths)}
+        self._settle()  # a pending norm belongs to the step being saved
+        return {
+            "step": self.step,
+            "bits": self.bits,
+            "widths": dict(self.widths),
+            "last_grad_norm": self.last_grad_norm,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.bits = int(state["bits"])
         self.widths = {int(b): int(n) for b, n in state.get("widths", {}).items()}
+        self.last_grad_norm = state.get("last_grad_norm")
+        self._squares = self._shared = None
 
 
 @register_quantizer("dqsgd")
@@ -192,3 +250,9 @@ class DQSGD(BucketedQuantizer):
     def make_policy(self, workers: int = 1, two_stage: bool = False) -> DQSGDPolicy:
         """Return a fresh policy for a training run: the hook asks it for every step's width."""
         return DQSGDPolicy(self.config, workers, two_stage)
+
+    def for_run(self, total_steps: int) -> DQSGD:
+        """Plan over a run of ``total_steps`` steps, unless ``total_steps`` was set."""
+        if self.config.total_steps is not None:
+            return self
+        return DQSGD(dataclasses.replace(self.config, total_steps=total_steps))

@@ -68,8 +68,8 @@ def test_picking_runs_in_the_multiselect_updates_the_url(seeded_api, monkeypatch
     assert not at.exception
     assert at.query_params["runs"] == "2,6"
     assert at.query_params["baseline"] == "2"  # no fp32 run among them: the first
-    assert len(at.get(CHART)) == 11  # no DQ-SGD run: its chart says so instead
-    assert "add a dqsgd run" in _texts(at, "caption")
+    assert len(at.get(CHART)) == 11  # no run whose width moves: that chart says so instead
+    assert "kept one width" in _texts(at, "caption")
     at.selectbox(key="baseline").set_value(6).run()
     assert at.query_params["baseline"] == "6"
 

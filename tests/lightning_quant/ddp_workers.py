@@ -177,7 +177,7 @@ def dqsgd_gradient_norm(collective: str) -> dict:
     saved = state.state_dict()  # waits for the step's shared norm
     _shutdown()
     return {
-        "norm": saved["last_grad_norm"],
+        "norm": saved["policy"]["last_grad_norm"],
         "local": torch.cat([g.reshape(-1) for g in local]),
         "decoded": float(mean.norm()),
     }

@@ -111,4 +111,4 @@ def test_the_readme_option_list_shows_the_strategy_defaults() -> None:
         assert name in defaults, name
         if name not in examples:
             assert eval(value) == defaults[name].default, (name, value)  # noqa: S307
-    assert set(defaults) - set(shown) <= {"powersgd_rank", "ddp_kwargs"}
+    assert set(defaults) - set(shown) <= {"ddp_kwargs"}
