@@ -5,12 +5,22 @@ import math
 import pytest
 import torch
 
+from lightning_quant.collectives import Collective
 from lightning_quant.hooks import QuantizedCommState, make_comm_hook
-from lightning_quant.quantizers import get_quantizer
+from lightning_quant.hooks import get_scheme as make_peer
+from lightning_quant.quantizers.bucketed import BucketedQuantizer
 from tests.utils.ranks import run_ranks
+from tests.utils.schemes import (
+    PEERS,
+    QUANTIZERS,
+    STOCHASTIC,
+    lowest_width,
+    make,
+    registry_name,
+    takes,
+)
 
 WORKERS = "tests.lightning_quant.ddp_workers"
-SCHEMES = ["qsgd", "qsgd_inf", "nuqsgd", "dqsgd", "global_qsgd", "fp16", "bf16", "fp32"]
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -20,26 +30,39 @@ def ring(nbytes: int, n: int) -> int:
     return round(2 * (n - 1) / n * nbytes)
 
 
+def settings_of(scheme: str) -> dict:
+    return {"bits": 4} if make(scheme).lossy else {}
+
+
+def single_stage(scheme: str) -> Collective:
+    """The one-stage collective a scheme reduces with: all-gather, else its all-reduce."""
+    collectives = make(scheme).collectives
+    return Collective.ALLGATHER if Collective.ALLGATHER in collectives else Collective.ALLREDUCE
+
+
 def expected_bytes(
     scheme: str, shapes: list[tuple[int, int]], min_numel: int, bits: int, n: int
 ) -> tuple[int, int, int]:
     """Return (payload, sent, uncompressed) bytes of one bucket on a single-stage path.
 
     Parameters under ``min_numel`` elements and 1-D ones go as one fp32 all-reduce; the
-    rest, packed one after the other, through the scheme.
+    rest, packed one after the other, through the scheme: a shared scale first (one
+    4-byte MAX all-reduce), then its lanes summed, or its payloads gathered.
     """
     plain = sum(k for k, dim in shapes if k < min_numel or dim == 1)
     packed = sum(k for k, _ in shapes) - plain
     payload, sent = (4 * plain, ring(4 * plain, n)) if plain else (0, 0)
     if not packed:
         return payload, sent, 4 * plain
-    if scheme in ("fp16", "bf16", "fp32"):
-        size = get_quantizer(scheme).wire_nbytes(packed)
+    q = make(scheme, **settings_of(scheme))
+    if not q.lossy:  # a float cast: one all-reduce
+        size = q.wire_nbytes(packed)
         return payload + size, sent + ring(size, n), 4 * plain
-    q = get_quantizer(scheme, bits=bits)
-    if scheme == "global_qsgd":  # the shared scale, then the lanes
+    if q.shared_scale:
+        payload, sent = payload + 4, sent + ring(4, n)
+    if single_stage(scheme) is Collective.ALLREDUCE:  # summed lanes, the scale apart
         lanes = q.wire_nbytes(packed) - 4
-        return payload + 4 + lanes, sent + ring(4, n) + ring(lanes, n), 4 * plain
+        return payload + lanes, sent + ring(lanes, n), 4 * plain
     size = q.wire_nbytes(packed, bits=bits)
     return payload + size, sent + (n - 1) * size, 4 * plain
 
@@ -49,14 +72,12 @@ def expected_bytes(
     [(2, False), (3, True)],
     ids=["2-ranks-one-bucket", "3-ranks-many-buckets"],
 )
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", QUANTIZERS)
 def test_training_keeps_ranks_identical_and_counts_real_bytes(
     scheme: str, many_buckets: bool, world_size: int, tmp_path
 ) -> None:
-    bits = 8 if scheme == "global_qsgd" else 4
-    settings = {} if scheme in ("fp16", "bf16", "fp32") else {"bits": bits}
+    settings = settings_of(scheme)
     # single-stage paths here: the reduce-scatter path has tests of its own
-    single = "allreduce" if scheme in ("fp16", "bf16", "fp32", "global_qsgd") else "allgather"
     results = run_ranks(
         f"{WORKERS}:train_plain_ddp",
         world_size,
@@ -64,7 +85,7 @@ def test_training_keeps_ranks_identical_and_counts_real_bytes(
         scheme=scheme,
         many_buckets=many_buckets,
         min_compress_numel=64,
-        collective=single,
+        collective=str(single_stage(scheme)),
         **settings,
     )
     first = results[0]
@@ -75,9 +96,10 @@ def test_training_keeps_ranks_identical_and_counts_real_bytes(
     if many_buckets:
         assert max(len(step) for step in first["numels"]) >= 3
     n = world_size
+    shares_a_norm = make(scheme, **settings).make_policy() is not None  # one float a step
     for stats, numels, shapes in zip(first["stats"], first["numels"], first["shapes"], strict=True):
-        sizes = [expected_bytes(scheme, s, 64, stats["bits"] or bits, n) for s in shapes]
-        sizes += [(4, ring(4, n), 0)] if scheme == "dqsgd" else []  # its gradient norm's sum
+        sizes = [expected_bytes(scheme, s, 64, stats["bits"], n) for s in shapes]
+        sizes += [(4, ring(4, n), 0)] if shares_a_norm else []
         assert stats["payload_bytes"] == sum(payload for payload, _, _ in sizes)
         assert stats["sent_bytes"] == sum(sent for _, sent, _ in sizes)
         assert stats["uncompressed_bytes"] == sum(plain for _, _, plain in sizes) > 0
@@ -86,33 +108,33 @@ def test_training_keeps_ranks_identical_and_counts_real_bytes(
         assert stats["buckets"] == len(numels)
         fp32 = 2 * (n - 1) / n * stats["raw_bytes"]
         assert stats["compression_ratio"] == pytest.approx(fp32 / stats["sent_bytes"])
-    if scheme in ("qsgd", "nuqsgd", "qsgd_inf", "dqsgd"):  # 2 ranks: the all-gather sends q
+    if isinstance(make(scheme), BucketedQuantizer):  # 2 ranks: the all-gather sends q
         last = first["stats"][-1]
         assert last["compression_ratio"] > 0.8 * 32 / last["bits"] / (n - 1)
 
 
 @pytest.mark.parametrize(
     ("scheme", "world_size", "many_buckets"),
-    [
-        ("qsgd", 2, True),
-        ("nuqsgd", 3, True),
-        ("qsgd_inf", 2, False),
-        ("global_qsgd", 3, True),
-        ("dqsgd", 2, True),
-    ],
+    [(name, 2 + i % 2, i % 3 != 2) for i, name in enumerate(STOCHASTIC)],
 )
 def test_aggregated_gradient_is_unbiased(scheme, world_size, many_buckets, tmp_path) -> None:
-    bits = 8 if scheme == "global_qsgd" else 2
+    # the narrowest width whose payloads the scheme's own collective can take
+    bits = next(
+        b for b in range(lowest_width(scheme), 9)
+        if takes(scheme, bits=b) and (make(scheme, bits=b).allreduce_limit() or 99) >= world_size
+    )  # fmt: skip
+    name, preset = registry_name(scheme)
     results = run_ranks(
         f"{WORKERS}:aggregated_gradients",
         world_size,
         tmp_path,
-        scheme=scheme,
+        scheme=name,
         draws=300,
         many_buckets=many_buckets,
         bits=bits,
         min_compress_numel=0,
         compress_1d=True,
+        **preset,
     )
     exact, samples = results[0]["exact"].double(), results[0]["samples"].double()
     assert torch.equal(results[0]["samples"], results[-1]["samples"])  # all ranks agree
@@ -138,7 +160,7 @@ def test_error_feedback_trains_identically_across_ranks(tmp_path) -> None:
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("scheme", ["torch_fp16", "torch_powersgd"])
+@pytest.mark.parametrize("scheme", [p for p in PEERS if not make_peer(p).unavailable("gloo")])
 def test_pytorch_peers_run_and_are_counted(scheme: str, tmp_path) -> None:
     results = run_ranks(
         f"{WORKERS}:train_plain_ddp", 2, tmp_path, scheme=scheme, many_buckets=False, steps=4

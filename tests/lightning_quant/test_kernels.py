@@ -76,7 +76,7 @@ def test_values_on_levels_give_the_eager_payload_exactly(bits: int) -> None:
         assert torch.equal(fast.data, eager.data) and torch.equal(fast.scales, eager.scales)
 
 
-@pytest.mark.parametrize("name", ["qsgd", "qsgd_inf", "nuqsgd", "nuqsgd_reference"])
+@pytest.mark.parametrize("name", BUCKETED)
 @pytest.mark.parametrize("bits", [2, 4, 6, 8])
 def test_fast_codes_are_a_neighbouring_level_with_the_right_sign(name: str, bits: int) -> None:
     x = torch.randn(4099, generator=gen(bits))
@@ -149,7 +149,7 @@ def test_global_qsgd_matches_the_eager_layout() -> None:
 def test_fast_path_is_unbiased(name: str, bits: int) -> None:
     v = torch.randn(200, generator=gen(bits)) * torch.rand(200, generator=gen(bits + 1)) * 3
     repeats = 1000
-    config = {"bits": bits} if name in SHARED_SCALE else {"bits": bits, "bucket_size": 50}
+    config = {"bits": bits} if make(name).shared_scale else {"bits": bits, "bucket_size": 50}
     q = make(name, **config)
     assert kernels.supports(v)
     samples = q.decode(q.encode(v.repeat(repeats), gen(7))).view(repeats, -1).double()
@@ -237,7 +237,7 @@ def test_generator_state_fixes_the_payload_and_thread_count_does_not_matter() ->
 @pytest.mark.parametrize("name", [*BUCKETED, *SHARED_SCALE])
 @pytest.mark.parametrize("numel", [0, 1, 2, 7, 8, 9, 511, 513, 70_001])
 def test_lengths_round_trip_with_the_wire_size(name: str, numel: int) -> None:
-    config = {"bits": 4} if name in SHARED_SCALE else {"bits": 4, "bucket_size": 512}
+    config = {"bits": 4} if make(name).shared_scale else {"bits": 4, "bucket_size": 512}
     q = make(name, **config)
     x = torch.randn(numel, generator=gen(numel))
     payload = q.encode(x, gen())
@@ -254,7 +254,7 @@ def test_lengths_round_trip_with_the_wire_size(name: str, numel: int) -> None:
 )
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_buckets_match_the_eager_path(name: str, size: int, bad: float) -> None:
-    config = {"bits": 4} if name in SHARED_SCALE else {"bits": 4, "bucket_size": size}
+    config = {"bits": 4} if make(name).shared_scale else {"bits": 4, "bucket_size": size}
     q = make(name, **config)
     x = torch.randn(100_000, generator=gen())
     x[[3, 50_000, 99_999]] = bad
@@ -278,7 +278,7 @@ def test_zeros_decode_to_exact_zeros_and_huge_values_stay_finite(name: str) -> N
     assert torch.equal(fast.scales, eager.scales)
 
 
-@pytest.mark.parametrize("name", ["qsgd", "nuqsgd", *SHARED_SCALE])
+@pytest.mark.parametrize("name", [*BUCKETED, *SHARED_SCALE])
 def test_decode_into_out_writes_in_place(name: str) -> None:
     q = make(name, bits=4)
     x = torch.randn(4, 1000, generator=gen())

@@ -12,6 +12,7 @@ from lightning_quant.hooks.paths import shard_bounds
 from lightning_quant.quantizers import get_quantizer
 from lightning_quant.quantizers.bucketed import uniform_levels
 from tests.utils.ranks import run_ranks
+from tests.utils.schemes import QUANTIZERS
 
 WORKERS = "tests.lightning_quant.ddp_workers"
 RS = "reduce_scatter"
@@ -48,7 +49,13 @@ def choose(name: str, requested: str, n: int, **settings) -> Collective:
     return choose_collective(name, q.collectives, requested, n, q.allreduce_limit())
 
 
-@pytest.mark.parametrize("name", ["qsgd", "qsgd_inf", "nuqsgd", "dqsgd", "global_qsgd_exp"])
+GATHER_OR_SCATTER = [  # from the registry: every scheme that can do both
+    name for name in QUANTIZERS
+    if {Collective.ALLGATHER, Collective.REDUCE_SCATTER} <= set(get_quantizer(name).collectives)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", GATHER_OR_SCATTER)
 def test_auto_gathers_at_two_ranks_and_scatters_from_three(name):
     assert choose(name, "auto", 2) is Collective.ALLGATHER
     for n in (3, 4, 8, 16):

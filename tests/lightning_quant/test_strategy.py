@@ -10,9 +10,10 @@ import torch
 import lightning_quant
 from lightning_quant import QuantizedDDPStrategy
 from tests.utils.ranks import run_ranks
+from tests.utils.schemes import QUANTIZERS, STOCHASTIC
 
 FIT = "tests.lightning_quant.lightning_workers:fit_digits"
-SEED_SCHEMES = ["qsgd", "qsgd_inf", "nuqsgd", "dqsgd", "global_qsgd"]
+SEED_SCHEMES = [name for name in QUANTIZERS if name in STOCHASTIC]  # every registered one
 
 pytestmark = pytest.mark.timeout(300)
 

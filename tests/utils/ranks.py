@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from tests.utils.schemes import register_test_schemes
+
 PRELOAD = [
     "torch",
     "torch.distributed",
@@ -101,6 +103,7 @@ def _rank_main(target: str, kwargs: dict, workdir: Path, rank: int, env: dict) -
     os.environ.update(env)
     os.chdir(workdir)
     torch.set_num_threads(1)
+    register_test_schemes()  # a scheme a test registered exists in its ranks too
     module, function = target.split(":")
     result = getattr(importlib.import_module(module), function)(**kwargs)
     torch.save(result, workdir / f"rank{rank}.pt")
