@@ -38,7 +38,6 @@ import random
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +49,7 @@ from pathlib import Path
 
 import httpx
 
+from api.server import start_server, wait_until_healthy
 from benchmarks import postgres_server
 from lightning_quant.runstore import MetricPoint, RunRecord, StoreClient, api_base
 
@@ -64,43 +64,18 @@ LATENCY_GOAL_MS = 200.0  # p95
 
 @contextmanager
 def running_server(database_url: str) -> Iterator[str]:
-    """Run ``uvicorn api.main:app`` on a free loopback port; yield its base URL."""
+    """Run the run store's server (:mod:`api.server`) on a free loopback port; yield its
+    base URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {key: value for key, value in os.environ.items() if not key.startswith("LQ_")}
     env["LQ_DATABASE_URL"] = database_url
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-    )
+    process = start_server(port, env=env, log_level="warning", cwd=REPO_ROOT)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("the API server exited while starting")
-            try:
-                if httpx.get(f"{base_url}/health", trust_env=False).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
+        wait_until_healthy(base_url, process, timeout=30)
         yield base_url
     finally:
         process.terminate()

@@ -65,7 +65,7 @@ RECORD_FIELDS = (
     "target_metric", "target", "time_to_target_s", "steps_to_target", "bytes_to_target",
     "total_sent_bytes", "validations", "start_step",
     "speedup_vs_fp32", "train_wall_s",
-    "param_count", "threads_per_rank", "load_1m", "run_key",
+    "param_count", "threads_per_rank", "load_1m", "run_key", "run_id",
 )  # fmt: skip
 
 
@@ -214,6 +214,7 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         "threads_per_rank": ranks[0].get("threads"),
         "load_1m": os.getloadavg()[0],  # other work on the machine skews the timings
         "run_key": None,
+        "run_id": None,  # the run store's, when the sweep reports to one
     }
 
 

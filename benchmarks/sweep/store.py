@@ -58,8 +58,8 @@ class SweepStore:
         return ("sweep", self.tag, f"task:{spec.task}", f"link:{spec.link}")
 
     def finish(self, index: int, spec: RunSpec, record: dict[str, Any]) -> None:
-        """Deliver what rank 0 spooled, make sure the run exists, then PATCH the cross-rank
-        summary and the record."""
+        """Deliver what rank 0 spooled, make sure the run exists, PATCH the cross-rank
+        summary and the record, and note the stored run's id in the record."""
         key = self.key(index)
         replay_spool(self.url, self.spool_root / key, self.token)
         self.client.create(planned_record(spec, key, self.tags(spec)))
@@ -72,6 +72,8 @@ class SweepStore:
         else:
             fields["status"] = "failed"
         self.client.update(key, **fields)
+        self.client.flush(timeout=10)
+        record["run_id"] = self.client.run_id(key)  # where the dashboard finds it
 
     def close(self) -> bool:
         """Flush the client; remove the spools if everything in them was delivered."""

@@ -135,6 +135,10 @@ class StoreClient:
         """Queue a change of run ``key``'s fields (status, summary figures...)."""
         self._put({"op": "update", "key": key, "body": check_fields(fields)})
 
+    def run_id(self, key: str) -> int | None:
+        """Return the store's id of run ``key``, once a delivery has learnt it (else None)."""
+        return self._delivery.ids.get(key)
+
     def flush(self, timeout: float = 15.0) -> bool:
         """Wait until everything queued so far is delivered or spooled."""
         if self._closed:

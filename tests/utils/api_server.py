@@ -20,8 +20,6 @@ fixture parametrized over both kinds.
 import os
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.server import ServerError, start_server, wait_until_healthy
 from tests.utils.databases import KINDS, database_url, run_sql
 
 __all__ = [
@@ -42,7 +41,7 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-API_PREFIX = "/api/v1"
+API_PREFIX = "/api/v1"  # the API's own, as a client writes it
 
 
 def free_port() -> int:
@@ -115,43 +114,15 @@ class ApiServer:
 
 
 def _launch(server: ApiServer, *, timeout: float) -> None:
-    log = server.log_path.open("ab")
-    port = server.base_url.rsplit(":", 1)[1]
-    server.process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            port,
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO_ROOT,
-        env=server.env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    port = int(server.base_url.rsplit(":", 1)[1])
+    server.process = start_server(
+        port, env=server.env, log=server.log_path, log_level="warning", cwd=REPO_ROOT
     )
-    log.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            server.process = None
-            raise RuntimeError(f"the API server exited while starting:\n{server.log()}")
-        try:
-            if (
-                httpx.get(f"{server.base_url}/health", timeout=1.0, trust_env=False).status_code
-                == 200
-            ):
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"the API server did not answer /health in {timeout} s:\n{server.log()}")
+    try:
+        wait_until_healthy(server.base_url, server.process, server.log_path, timeout)
+    except ServerError as error:
+        server.stop()
+        raise RuntimeError(f"the API server did not start:\n{error}") from None
 
 
 def start_api_server(
