@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "python": platform.python_version(),
-        "fused_kernels": kernels.gpu_kernels() is not None,
+        "fused_kernels": kernels.backend("cuda") is not None,
         "codecs": codecs,
         "tests": tests,
     }

@@ -1,30 +1,21 @@
 """Emulated network links between training ranks on one machine.
 
-Each node gets its own network namespace and one interface in ``10.200.0.0/24``
-(node ``i`` is ``10.200.0.(i+1)``). Two nodes are joined by a veth pair; more nodes by a
-bridge in a hub namespace with one veth per node. A shaped link puts a ``tbf`` qdisc on
-both directions of every node's link: the node's egress in its own namespace and, with a
-bridge, the bridge port's egress toward the node.
+Each node gets its own network namespace and one interface in ``10.200.0.0/24`` (node
+``i`` is ``10.200.0.(i+1)``): two nodes are joined by a veth pair, more by a bridge in a
+hub namespace. A shaped link puts a ``tbf`` qdisc on both directions of every node's link.
+A node's ``ranks_per_node`` ranks talk over its loopback, unshaped (as the GPUs of one
+machine over NVLink); only traffic between nodes crosses the shaped link and its byte
+counters. ``tbf`` adds no delay (``netem``, which would, is not available here).
 
-A node holds ``ranks_per_node`` ranks (default 1): they share its interface and talk to
-each other over the namespace's loopback, unshaped, as the GPUs of one machine do over
-NVLink; only traffic between nodes crosses the shaped link and its byte counters.
-
-``netem`` is not available on this project's machines, so there is no added delay; see
-``/work/shared/NETWORK-EMULATION.md``.
-
-Nothing is routed anywhere else: the namespaces hold only the addresses created here and
-no default route. Everything created is removed on normal exit, on an exception, on
-SIGINT/SIGTERM and at interpreter exit; :func:`cleanup_stale` removes what a killed run
-left behind. Needs root and iproute2 (``ip``, ``tc``).
+Nothing is routed anywhere else. Everything created is removed on normal exit, on an
+exception, on SIGINT/SIGTERM and at interpreter exit; :func:`cleanup_stale` removes what a
+killed run left behind. Needs root and iproute2 (``ip``, ``tc``).
 
 Example::
 
     with emulated_network(2, link="100mbit") as net:
-        procs = [
-            subprocess.Popen(net.command(rank, [sys.executable, "train.py"]))
-            for rank in range(net.world_size)
-        ]
+        procs = [subprocess.Popen(net.command(rank, [sys.executable, "train.py"]))
+                 for rank in range(net.world_size)]
         for proc in procs:
             proc.wait(timeout=600)
 """
@@ -106,18 +97,10 @@ def network_emulation_available() -> bool:
 
 
 def cleanup_stale(prefix: str = NETNS_PREFIX, *, include_live: bool = False) -> list[str]:
-    """Delete namespaces left behind by runs that were killed before they cleaned up.
+    """Delete the namespaces of ``prefix`` left behind by killed runs; return their names.
 
-    Namespace names are ``{prefix}{pid}-{sequence}-{rank or "hub"}``. Namespaces whose
-    creating process is still alive belong to a concurrent run and are kept unless
-    ``include_live`` is set.
-
-    Args:
-        prefix: the prefix the runs used (default :data:`NETNS_PREFIX`).
-        include_live: also delete namespaces whose creating process still runs.
-
-    Returns:
-        The names of the deleted namespaces.
+    Names are ``{prefix}{pid}-{sequence}-{rank or "hub"}``; those whose creating process
+    still runs belong to a concurrent run and are kept, unless ``include_live``.
     """
     if not prefix:
         raise ValueError("prefix must not be empty: it would match every namespace")
@@ -148,7 +131,19 @@ class EmulatedNetwork:
     """A set of network namespaces joined by emulated links, one per rank.
 
     Build it with :func:`emulated_network` and use it as a context manager; nothing is
-    created before ``__enter__``.
+    created before ``__enter__``, which raises :class:`NetworkEmulationError` when not
+    root, without ``ip``/``tc``, or when a command fails (whatever was created is removed
+    first).
+
+    Args:
+        nodes: number of nodes, 2 to 253.
+        link: ``"none"``, a ``tbf`` rate such as ``"10mbit"`` (:func:`link_preset`), or
+            a :class:`LinkPreset`.
+        ranks_per_node: ranks each node holds, on its loopback.
+        prefix: start of the namespace names; :func:`cleanup_stale` takes the same.
+        master_port: the ``MASTER_PORT`` handed to every rank by default.
+        install_signal_handlers: clean up on SIGINT/SIGTERM, then run the handler that
+            was installed before (main thread only).
 
     Attributes:
         nodes: number of nodes (namespaces joined by links).
@@ -384,46 +379,16 @@ class EmulatedNetwork:
 
 
 def emulated_network(
-    nodes: int,
-    link: str | LinkPreset = "none",
-    *,
-    ranks_per_node: int = 1,
-    prefix: str = NETNS_PREFIX,
-    master_port: int = DEFAULT_MASTER_PORT,
-    install_signal_handlers: bool = True,
+    nodes: int, link: str | LinkPreset = "none", **options: Any
 ) -> EmulatedNetwork:
-    """Return a context manager that puts ``nodes`` nodes behind emulated links.
-
-    Args:
-        nodes: number of nodes, 2 to 253.
-        ranks_per_node: ranks each node holds, on its loopback.
-        link: ``"none"``, a ``tbf`` rate such as ``"10mbit"`` (:func:`link_preset`), or
-            a :class:`LinkPreset`.
-        prefix: start of the namespace names; :func:`cleanup_stale` takes the same.
-        master_port: the ``MASTER_PORT`` handed to every rank by default.
-        install_signal_handlers: clean up on SIGINT/SIGTERM, then run the handler that
-            was installed before (main thread only).
-
-    Returns:
-        An :class:`EmulatedNetwork`; enter it to create the namespaces.
-
-    Raises:
-        NetworkEmulationError: on entering, when not root, without ``ip``/``tc``, or when
-            a command fails (whatever was created is removed first).
+    """Return an :class:`EmulatedNetwork` of ``nodes`` nodes (not yet built: enter it).
 
     Example::
 
-        with emulated_network(3, link="1gbit") as net:
+        with emulated_network(3, link="1gbit", ranks_per_node=2) as net:
             print(net.hosts[0].address, net.command(2, ["python", "-c", "print(1)"]))
     """
-    return EmulatedNetwork(
-        nodes,
-        link,
-        ranks_per_node=ranks_per_node,
-        prefix=prefix,
-        master_port=master_port,
-        install_signal_handlers=install_signal_handlers,
-    )
+    return EmulatedNetwork(nodes, link, **options)
 
 
 @atexit.register

@@ -73,7 +73,7 @@ from lightning_quant.hooks.pipeline import (
 )
 from lightning_quant.hooks.stats import StepStats
 from lightning_quant.quantizers import Payload, Quantizer
-from lightning_quant.quantizers.base import RESIDUAL_BOUND, fit_factors
+from lightning_quant.quantizers.contraction import RESIDUAL_BOUND, fit_factors
 
 __all__ = [
     "PATHS",

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import torch
 
 from lightning_quant.collectives import Collective
+from lightning_quant.quantizers.contraction import RESIDUAL_BOUND, fit_factors, row_sums
 
 __all__ = [
     "Payload",
@@ -19,7 +20,6 @@ __all__ = [
     "Share",
     "StepPolicy",
     "available_quantizers",
-    "fit_factors",
     "get_quantizer",
     "quantizer_defaults",
     "quantizer_settings",
@@ -28,10 +28,6 @@ __all__ = [
 ]
 
 SCALE_DTYPE = torch.float32
-# Error feedback's bound: a contracted payload leaves at most this many times the norm of
-# the step's own gradient as residual, on each scale's elements, where it can
-# (Quantizer.contract). Larger keeps payloads less biased (less delay), smaller holds less.
-RESIDUAL_BOUND = 3.0
 
 
 @dataclass(frozen=True)
@@ -219,7 +215,7 @@ class Quantizer(ABC):
         """
         decoded = self.decode(payload).reshape(-1).float()
         unit = self.scale_unit or max(payload.numel, 1)
-        fresh_energy = _row_sums(fresh.reshape(-1).float().pow(2), unit)
+        fresh_energy = row_sums(fresh.reshape(-1).float().pow(2), unit)
         allowed = RESIDUAL_BOUND**2 * fresh_energy
         factors = fit_factors(target.reshape(-1).float(), decoded, unit, allowed)
         scales = (payload.scales * factors).to(payload.scales.dtype)
@@ -356,44 +352,6 @@ def get_quantizer(name: str, **config: Any) -> Quantizer:
             f"{', '.join(sorted(fields)) or '(none)'}"
         )
     return cls(cls.config_class(**config))
-
-
-def fit_factors(
-    target: torch.Tensor,
-    decoded: torch.Tensor,
-    unit: int,
-    allowed: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Return, per run of ``unit`` elements, the factor ``a`` in ``[0, 1]`` that scales
-    ``decoded`` for error feedback.
-
-    With ``allowed`` (an error energy per run) it is the largest ``a <= 1`` whose error
-    ``||target - a decoded||^2`` stays within it (1 where ``decoded`` already does), or the
-    least-squares factor where none does. Without, the least-squares factor
-    ``<target, decoded> / ||decoded||^2``, clamped.
-
-    A run that decodes to zeros, or holds non-finite values, keeps the factor 1 (NaN and
-    Inf reach the loss scaler unchanged).
-    """
-    products = torch.stack([target * decoded, decoded * decoded, target * target])
-    dot, energy, norm = _row_sums(products, unit)
-    factors = dot / energy
-    if allowed is not None:
-        # the larger root of a^2 ||d||^2 - 2 a <t, d> + ||t||^2 - allowed = 0, if any
-        discriminant = dot * dot - energy * (norm - allowed)
-        reachable = discriminant >= 0
-        factors = torch.where(reachable, (dot + discriminant.clamp(min=0).sqrt()) / energy, factors)
-    factors = factors.clamp_(0.0, 1.0)
-    unchanged = ~torch.isfinite(dot) | ~torch.isfinite(energy) | (energy == 0)
-    return factors.masked_fill_(unchanged, 1.0)
-
-
-def _row_sums(values: torch.Tensor, unit: int) -> torch.Tensor:
-    """Sum the last dimension of ``values`` in runs of ``unit`` (the last run may be short)."""
-    numel = values.shape[-1]
-    rows = -(-numel // unit)
-    padded = torch.nn.functional.pad(values, (0, rows * unit - numel))
-    return padded.view(*values.shape[:-1], rows, unit).sum(-1)
 
 
 def round_stochastically(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,11 @@ Wire size of a tensor of ``d`` elements::
 Non-finite input is never hidden: a bucket holding NaN or Inf has a non-finite scale and
 decodes to non-finite values, so a mixed-precision loss scaler still sees the overflow.
 
-CPU tensors go through the fused kernels of :mod:`lightning_quant.quantizers.kernels`
-(one pass, multi-threaded, counter-based noise); CUDA tensors, and CPU tensors where the
-kernels are unavailable, take the eager path below (``encode_eager`` / ``decode_eager``),
-which is also the reference the kernels are tested against. Both write the same layout.
+Tensors go through the fused kernels of their device's backend
+(:mod:`lightning_quant.quantizers.kernels`: Numba on CPU, Triton on CUDA; one pass,
+counter-based noise); where a backend is unavailable they take the eager path below
+(``encode_eager`` / ``decode_eager``), which is also the reference the kernels are tested
+against. All write the same layout.
 """
 
 from __future__ import annotations
@@ -141,9 +142,10 @@ class BucketedQuantizer(Quantizer):
             scale: must be ``None``: every bucket carries its own scale.
         """
         bits = self._check_input(tensor, bits, scale)
-        if not kernels.supports(tensor):
+        fused = kernels.backend(tensor.device)
+        if fused is None:
             return self.encode_eager(tensor, generator, bits=bits)
-        data, scales = kernels.encode_buckets(
+        data, scales = fused.encode_buckets(
             tensor,
             bits=bits,
             bucket_size=self.config.bucket_size,
@@ -191,10 +193,11 @@ class BucketedQuantizer(Quantizer):
         Returns:
             ``out`` if given, else a new tensor of the payload's shape and dtype.
         """
-        if not kernels.supports(payload.data):
+        fused = kernels.backend(payload.data.device)
+        if fused is None:
             return self.decode_eager(payload, out)
         target = kernels.writable_f32(out, payload.data, payload.numel)
-        values = kernels.decode_buckets(
+        values = fused.decode_buckets(
             payload.data,
             payload.scales,
             bits=payload.bits,

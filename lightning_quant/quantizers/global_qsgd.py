@@ -19,15 +19,17 @@ can overflow when it is not an integer.
 
 Wire size of a tensor of ``d`` elements: ``ceil(d * bits / 8) + 4`` (the shared scale).
 
-CPU tensors go through the fused kernels of :mod:`lightning_quant.quantizers.kernels`
-(counter-based noise, one pass); CUDA tensors take the eager path (``encode_eager`` /
-``decode_eager``), the reference the kernels are tested against. Same layout either way.
+Tensors go through the fused kernels of their device's backend
+(:mod:`lightning_quant.quantizers.kernels`: counter-based noise, one pass), or where none
+is available the eager path (``encode_eager`` / ``decode_eager``), the reference the
+kernels are tested against. Same layout either way.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -113,7 +115,7 @@ class SharedScaleQuantizer(Quantizer):
         return width
 
     def _flatten(
-        self, tensor: torch.Tensor, scale: float | torch.Tensor | None, fused: bool
+        self, tensor: torch.Tensor, scale: float | torch.Tensor | None, fused: ModuleType | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``tensor`` flat in ``float32``, the scale as a 1-element ``float32``
         tensor (default: ``max |tensor|``, NaN and Inf included), and its inverse (0 for a
@@ -121,8 +123,8 @@ class SharedScaleQuantizer(Quantizer):
         if not tensor.is_floating_point():
             raise TypeError(f"{self.name} encodes floating-point tensors, got {tensor.dtype}")
         flat = tensor.detach().reshape(-1).float()
-        if scale is None and fused:
-            scale = kernels.max_abs(flat)
+        if scale is None and fused is not None:
+            scale = fused.max_abs(flat)
         elif scale is None:
             scale = flat.abs().amax() if flat.numel() else flat.new_zeros(())
         scale = torch.as_tensor(scale, dtype=SCALE_DTYPE, device=flat.device).reshape(1)
@@ -200,7 +202,7 @@ class GlobalQSGD(SharedScaleQuantizer):
             scale: the shared scale, at least ``max |tensor|`` (default: this tensor's max).
         """
         self._bits(bits)
-        return self._encode(tensor, generator, scale, 1, fused=kernels.supports(tensor))
+        return self._encode(tensor, generator, scale, 1, kernels.backend(tensor.device))
 
     def encode_summable(
         self,
@@ -211,7 +213,7 @@ class GlobalQSGD(SharedScaleQuantizer):
         scale: torch.Tensor | None = None,
     ) -> Payload:
         """Quantize with ``s_w`` levels, so that ``world_size`` payloads sum without carry."""
-        return self._encode(tensor, generator, scale, world_size, fused=kernels.supports(tensor))
+        return self._encode(tensor, generator, scale, world_size, kernels.backend(tensor.device))
 
     def summable(self, payload: Payload) -> torch.Tensor:
         return payload.data
@@ -229,7 +231,7 @@ class GlobalQSGD(SharedScaleQuantizer):
         world_size: int = 1,
     ) -> Payload:
         """Quantize with plain torch ops on any device: the reference for the fused kernels."""
-        return self._encode(tensor, generator, scale, world_size, fused=False)
+        return self._encode(tensor, generator, scale, world_size, None)
 
     def _encode(
         self,
@@ -237,13 +239,13 @@ class GlobalQSGD(SharedScaleQuantizer):
         generator: torch.Generator | None,
         scale: float | torch.Tensor | None,
         world_size: int,
-        fused: bool,
+        fused: ModuleType | None,
     ) -> Payload:
         flat, scale, inverse = self._flatten(tensor, scale, fused)
         bits = self.config.bits
         s = worker_levels(bits, world_size)
-        if fused:
-            data = kernels.encode_shared(
+        if fused is not None:
+            data = fused.encode_shared(
                 flat, bits=bits, levels=s, inverse=inverse, generator=generator
             )
         else:
@@ -274,9 +276,10 @@ class GlobalQSGD(SharedScaleQuantizer):
             out: optional tensor of ``payload.numel`` elements to write the result into; a
                 contiguous ``float32`` CPU ``out`` is filled by the fused kernel directly.
         """
-        if not kernels.supports(payload.data):
+        fused = kernels.backend(payload.data.device)
+        if fused is None:
             return self.decode_eager(payload, out)
-        values = kernels.decode_shared(
+        values = fused.decode_shared(
             payload.data,
             bits=payload.bits,
             numel=payload.numel,

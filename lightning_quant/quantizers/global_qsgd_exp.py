@@ -26,6 +26,7 @@ NUQSGD's base-1/2 layout, so the same fused kernels encode and decode them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
@@ -97,7 +98,7 @@ class GlobalQSGDExp(SharedScaleQuantizer):
             bits: must be ``None`` or the configured width.
             scale: the shared scale, at least ``max |tensor|`` (default: this tensor's max).
         """
-        return self._encode(tensor, generator, bits, scale, fused=kernels.supports(tensor))
+        return self._encode(tensor, generator, bits, scale, kernels.backend(tensor.device))
 
     def encode_eager(
         self,
@@ -107,12 +108,13 @@ class GlobalQSGDExp(SharedScaleQuantizer):
         scale: torch.Tensor | None = None,
     ) -> Payload:
         """Quantize with plain torch ops on any device: the reference for the fused kernels."""
-        return self._encode(tensor, generator, None, scale, fused=False)
+        return self._encode(tensor, generator, None, scale, None)
 
     def decode(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
-        if not kernels.supports(payload.data) or payload.numel == 0:
+        fused = kernels.backend(payload.data.device)
+        if fused is None or payload.numel == 0:
             return self.decode_eager(payload, out)
-        values = kernels.decode_buckets(
+        values = fused.decode_buckets(
             payload.data,
             payload.scales,
             bits=payload.bits,
@@ -138,13 +140,13 @@ class GlobalQSGDExp(SharedScaleQuantizer):
         generator: torch.Generator | None,
         bits: int | None,
         scale: torch.Tensor | None,
-        fused: bool,
+        fused: ModuleType | None,
     ) -> Payload:
         flat, scale, inverse = self._flatten(tensor, scale, fused)
         bits = self._bits(bits)
         s = exponential_levels(bits)
-        if fused:
-            data = kernels.encode_shared(
+        if fused is not None:
+            data = fused.encode_shared(
                 flat, bits=bits, levels=s, inverse=inverse, generator=generator,
                 exponential=True,
             )  # fmt: skip

@@ -90,7 +90,7 @@ def test_names_addresses_and_commands_before_entering():
     with pytest.raises(RuntimeError, match="with"):
         net.command(0, ["true"])  # not up yet
     with pytest.raises(ValueError, match="100mbit"):
-        emulated_network(2, link="10mbit")
+        emulated_network(2, link="10 megabits")
 
 
 # ----- with root ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_quant.quantizers import available_quantizers, get_quantizer
-from lightning_quant.quantizers.base import RESIDUAL_BOUND, fit_factors
+from lightning_quant.quantizers.contraction import RESIDUAL_BOUND, fit_factors
 from tests.utils.ranks import run_ranks
 
 WORKERS = "tests.lightning_quant.ddp_workers"

@@ -24,7 +24,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no GPU, and Triton's interpreter is off", allow_module_level=True)
 
-from lightning_quant.quantizers.kernels import _gpu as gpu  # noqa: E402 - after the skip
+from lightning_quant.quantizers.kernels import gpu, levels  # noqa: E402 - after the skip
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -177,14 +177,14 @@ def test_a_generator_gives_a_reproducible_key() -> None:
 def test_the_same_key_gives_the_cpu_kernels_payload_to_the_bit(name: str, bits: int) -> None:
     q = make(name, bits=bits, bucket_size=100)
     x = randn(1003, seed=7)
-    cpu_data, cpu_scales = kernels.encode_buckets(
+    cpu_data, cpu_scales = kernels.backend("cpu").encode_buckets(
         x.cpu(), bits=bits, bucket_size=100, levels=q.levels(bits), exponential=q.exponential,
         inf_norm=q.norm == "inf", generator=torch.Generator().manual_seed(3), table=q.table(bits),
     )  # fmt: skip
     key = kernels.draw_key(torch.Generator().manual_seed(3))
     data = gpu.encode(
         x, gpu._inverse(cpu_scales.to(DEVICE)), bits=bits, bucket_size=100,
-        levels=q.levels(bits), mode=gpu._level_mode(q.exponential, q.table(bits)), key=key,
+        levels=q.levels(bits), mode=levels.mode_of(q.exponential, q.table(bits)), key=key,
         table=q.table(bits),
     )  # fmt: skip
     assert torch.equal(data.cpu(), cpu_data)

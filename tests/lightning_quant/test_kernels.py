@@ -12,7 +12,7 @@ import torch
 
 from lightning_quant.packing import pack, unpack
 from lightning_quant.quantizers import get_quantizer, kernels
-from lightning_quant.quantizers.kernels import _cpu, levels
+from lightning_quant.quantizers.kernels import _cpu, cpu, levels
 from tests.utils.schemes import BUCKETED, SHARED_SCALE, make
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba kernels unavailable")
@@ -133,7 +133,7 @@ def test_global_qsgd_matches_the_eager_layout() -> None:
         x = torch.randn(70_001, generator=gen())
         if bad is not None:
             x[12_345] = -bad
-        expected, got = x.abs().amax(), kernels.max_abs(x)
+        expected, got = x.abs().amax(), cpu.max_abs(x)
         assert torch.equal(got, expected) or (expected.isnan() and got.isnan())
 
 
@@ -205,15 +205,15 @@ def test_rounding_is_fair_and_uncorrelated_within_and_across_streams() -> None:
 def test_uniforms_have_the_moments_of_u01_and_adjacent_keys_are_independent() -> None:
     n = 1 << 18
     keys = [kernels.draw_key(gen(seed)) for seed in (0, 1)]
-    u, w = (kernels.uniforms(key, 0, n).double() for key in keys)
+    u, w = (cpu.uniforms(key, 0, n).double() for key in keys)
     assert u.min() >= 0 and u.max() < 1
     assert abs(u.mean().item() - 0.5) <= 5 * math.sqrt(1 / 12 / n)
     assert abs(u.var().item() - 1 / 12) <= 5 * math.sqrt(1 / 180 / n)
     assert abs(correlation(u, w)) <= 5 / math.sqrt(n)
     # The stream is indexed by element: any window of it is the same numbers.
-    assert torch.equal(kernels.uniforms(keys[0], 1000, 50), u[1000:1050].float())
+    assert torch.equal(cpu.uniforms(keys[0], 1000, 50), u[1000:1050].float())
     # Raw keys one apart (the counter's own step) still give unrelated streams.
-    assert abs(correlation(u, kernels.uniforms(keys[0] + 1, 0, n).double())) <= 5 / math.sqrt(n)
+    assert abs(correlation(u, cpu.uniforms(keys[0] + 1, 0, n).double())) <= 5 / math.sqrt(n)
 
 
 def test_generator_state_fixes_the_payload_and_thread_count_does_not_matter() -> None:

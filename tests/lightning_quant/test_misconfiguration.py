@@ -87,8 +87,7 @@ def test_binding_compiles_the_codec_before_the_first_step(tmp_path) -> None:
     script = (
         "import torch\n"
         "from lightning_quant.hooks import QuantizedCommState\n"
-        "from lightning_quant.quantizers import kernels\n"
-        "cpu = kernels._kernels()\n"
+        "from lightning_quant.quantizers.kernels import _cpu as cpu\n"
         "before = len(cpu.fused_tasks.signatures) + len(cpu.decode_tasks.signatures)\n"
         "QuantizedCommState('qsgd', bits=4).bind(torch.nn.Linear(64, 64))\n"
         "after = len(cpu.fused_tasks.signatures) + len(cpu.decode_tasks.signatures)\n"

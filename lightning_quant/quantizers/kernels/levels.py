@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EXPONENTIAL", "GUIDE_SHIFT", "SIGNED", "TABLE", "UNIFORM", "lookup"]
+__all__ = ["EXPONENTIAL", "GUIDE_SHIFT", "SIGNED", "TABLE", "UNIFORM", "lookup", "mode_of"]
 
 UNIFORM, EXPONENTIAL, SIGNED, TABLE = 0, 1, 2, 3
 GUIDE_SHIFT = 16  # a ratio's float32 bits >> 16 (exponent and 7 mantissa bits) index a guide
@@ -32,3 +32,10 @@ def lookup(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     )
     guide = (np.searchsorted(table, floors, side="right") - 1).clip(0, None).astype(np.uint8)
     return table, guide
+
+
+def mode_of(exponential: bool, table: object | None) -> int:
+    """Return the mode of a bucketed scheme's levels: a table's, else base-1/2 or uniform."""
+    if table is not None:
+        return TABLE
+    return EXPONENTIAL if exponential else UNIFORM

@@ -1,4 +1,4 @@
-"""Triton kernels behind :mod:`lightning_quant.quantizers.kernels` for CUDA tensors.
+"""The GPU backend: Triton kernels for CUDA tensors, with the CPU backend's operations.
 
 The same payloads as the CPU kernels and the eager path: the same per-bucket scales
 (computed by the eager path's own torch reductions, so equal to the last bit), the same
@@ -30,14 +30,14 @@ import triton
 import triton.language as tl
 
 from lightning_quant.packing import packed_nbytes
-from lightning_quant.quantizers.kernels import draw_key, output_f32  # loaded before this
+from lightning_quant.quantizers.kernels.common import draw_key, output_f32
 from lightning_quant.quantizers.kernels.levels import (
     EXPONENTIAL,
     GUIDE_SHIFT,
     SIGNED,
     TABLE,
-    UNIFORM,
     lookup,
+    mode_of,
 )
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "encode_buckets",
     "encode_shared",
     "generator_key",
+    "max_abs",
     "table_lookup",
 ]
 
@@ -263,7 +264,7 @@ def decode(
     return out
 
 
-# --- the facade's operations on CUDA tensors ----------------------------------------------
+# --- the backend's operations on CUDA tensors ----------------------------------------------
 
 
 def bucket_scales(x: torch.Tensor, bucket_size: int, inf_norm: bool) -> torch.Tensor:
@@ -286,12 +287,6 @@ def _inverse(scales: torch.Tensor) -> torch.Tensor:
     return torch.where(scales > 0, scales.reciprocal(), torch.zeros_like(scales))
 
 
-def _level_mode(exponential: bool, table: torch.Tensor | None) -> int:
-    if table is not None:
-        return TABLE
-    return EXPONENTIAL if exponential else UNIFORM
-
-
 def encode_buckets(
     flat: torch.Tensor,
     *,
@@ -303,12 +298,12 @@ def encode_buckets(
     generator: torch.Generator | None,
     table: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`lightning_quant.quantizers.kernels.encode_buckets` for a CUDA tensor."""
+    """:func:`.cpu.encode_buckets` for a CUDA tensor."""
     x = flat.detach().reshape(-1).contiguous()
     scales = bucket_scales(x, bucket_size, inf_norm)
     data = encode(
         x, _inverse(scales), bits=bits, bucket_size=bucket_size, levels=levels,
-        mode=_level_mode(exponential, table), key=generator_key(generator, x.device),
+        mode=mode_of(exponential, table), key=generator_key(generator, x.device),
         table=table,
     )  # fmt: skip
     return data, scales
@@ -326,13 +321,20 @@ def decode_buckets(
     out: torch.Tensor | None = None,
     table: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`lightning_quant.quantizers.kernels.decode_buckets` for CUDA tensors."""
+    """:func:`.cpu.decode_buckets` for CUDA tensors."""
     out = output_f32(out, data, numel)
-    mode = _level_mode(exponential, table)
+    mode = mode_of(exponential, table)
     return decode(
         data, scales, out, bits=bits, bucket_size=bucket_size, levels=levels, mode=mode,
         table=table,
     )  # fmt: skip
+
+
+def max_abs(flat: torch.Tensor) -> torch.Tensor:
+    """Return ``flat.abs().amax()`` as a 0-d ``float32`` tensor (0 for an empty one)."""
+    if not flat.numel():
+        return flat.new_zeros((), dtype=torch.float32)
+    return flat.abs().amax().float()
 
 
 def encode_shared(
@@ -344,7 +346,7 @@ def encode_shared(
     generator: torch.Generator | None,
     exponential: bool = False,
 ) -> torch.Tensor:
-    """:func:`lightning_quant.quantizers.kernels.encode_shared` for a CUDA tensor."""
+    """:func:`.cpu.encode_shared` for a CUDA tensor."""
     x = flat.detach().reshape(-1).contiguous()
     return encode(
         x, inverse.reshape(1), bits=bits, bucket_size=x.numel(), levels=levels,
@@ -361,7 +363,7 @@ def decode_shared(
     step: torch.Tensor,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`lightning_quant.quantizers.kernels.decode_shared` for CUDA tensors."""
+    """:func:`.cpu.decode_shared` for CUDA tensors."""
     out = output_f32(out, data, numel)
     return decode(
         data, step.reshape(1), out, bits=bits, bucket_size=numel, levels=0, mode=SIGNED,
