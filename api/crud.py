@@ -63,10 +63,18 @@ def _fill_derived(run: Run, *, changed: Iterable[str], now: datetime) -> None:
         run.finished_at = now
     derived_from = {"total_raw_bytes", "total_sent_bytes", "world_size"}
     if changed & derived_from and "compression_ratio" not in changed:
-        raw, sent, n = run.total_raw_bytes, run.total_sent_bytes, run.world_size
-        # what fp32 DDP's ring all-reduce sends at this world size, over what this run sent
-        fp32 = 2 * (n - 1) / n * raw if raw is not None and n else None
-        run.compression_ratio = fp32 / sent if fp32 and sent else None
+        run.compression_ratio = derived_compression_ratio(
+            run.total_raw_bytes, run.total_sent_bytes, run.world_size
+        )
+
+
+def derived_compression_ratio(raw: int | None, sent: int | None, n: int | None) -> float | None:
+    """What fp32 DDP's ring all-reduce sends at this world size over what the run sent: the
+    library's ``lightning_quant.figures.compression_ratio`` (a test checks they agree; the
+    API does not import the library)."""
+    if raw is None or not sent or not n:
+        return None
+    return 2 * (n - 1) / n * raw / sent
 
 
 def _set_tags(*, session: Session, run: Run) -> None:

@@ -246,8 +246,7 @@ TRAFFIC_COLUMNS = ["run_id", "run", "scheme", "topology", "path", "kind", "bytes
 
 
 def _per_step(runs: pd.DataFrame, column: str) -> pd.Series:
-    steps = runs["summary"].map(lambda summary: (summary or {}).get("steps"))
-    return runs[column].astype("float64") / steps.astype("float64")
+    return runs[column].astype("float64") / runs["steps"].astype("float64")
 
 
 def node_traffic(runs: pd.DataFrame) -> pd.DataFrame:
@@ -310,7 +309,7 @@ def run_figures(run: dict, series: pd.DataFrame) -> dict[str, float | None]:
         rows = series[series["name"] == name]["value"]
         return float(rows.mean()) if not rows.empty else None
 
-    steps = (run.get("summary") or {}).get("steps")
+    steps = run.get("steps")
     estimates = {
         "final_accuracy": last("accuracy"),
         "final_loss": last("loss"),

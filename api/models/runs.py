@@ -16,6 +16,7 @@ from api.models.types import (
     JsonObject,
     Label,
     Labels,
+    Ratio,
     RunKey,
     Scheme,
     Seconds,
@@ -82,15 +83,17 @@ class RunBase(SQLModel):
     total_payload_bytes: Count | None = Field(default=None, sa_type=BigInteger)  # encoded
     total_sent_bytes: Count | None = Field(default=None, sa_type=BigInteger)  # transmitted
     total_inter_node_bytes: Count | None = Field(default=None, sa_type=BigInteger)  # of those
-    # fp32 DDP's sent bytes at the same world size over total_sent_bytes; computed when
-    # omitted, from ring all-reduce's 2 (n-1)/n of the raw bytes
-    compression_ratio: Seconds | None = None
+    # fp32 DDP's sent bytes at the same world size over total_sent_bytes (the library's
+    # lightning_quant.figures.compression_ratio); computed when omitted
+    compression_ratio: Ratio | None = None
     mean_step_s: Seconds | None = None
     mean_encode_s: Seconds | None = None
     mean_communicate_s: Seconds | None = None
     mean_decode_s: Seconds | None = None
     predicted_step_s: Seconds | None = None  # a performance model's prediction
-    summary: JsonObject = Field(default_factory=dict, sa_type=JSON)
+    steps: Count | None = Field(default=None, sa_type=BigInteger)  # that reported figures
+    wall_s: Seconds | None = None  # from the run's start to its end
+    summary: JsonObject = Field(default_factory=dict, sa_type=JSON)  # a sweep's record
 
 
 class Run(RunBase, table=True):
@@ -195,6 +198,8 @@ class RunSortField(StrEnum):
     mean_communicate_s = "mean_communicate_s"
     mean_decode_s = "mean_decode_s"
     predicted_step_s = "predicted_step_s"
+    steps = "steps"
+    wall_s = "wall_s"
 
 
 class SortOrder(StrEnum):
@@ -249,6 +254,8 @@ class RunSummary(SQLModel):
     mean_communicate_s: float | None
     mean_decode_s: float | None
     predicted_step_s: float | None
+    steps: int | None
+    wall_s: float | None
     summary: dict[str, Any]
     # baseline.mean_step_s / mean_step_s: above 1 means faster than the baseline
     speedup: float | None = None

@@ -15,8 +15,8 @@ from pydantic import (
 
 __all__ = [
     "MAX_ID", "MAX_INT", "Bits", "BitsList", "Count", "Id", "Ids", "JsonObject", "Label", "Labels",
-    "MetricName", "MetricNames", "RunKey", "Scheme", "Seconds", "Tag", "TagList", "Tags", "Text",
-    "Topologies", "Topology", "UtcDatetime", "split_commas", "utc_now",
+    "MetricName", "MetricNames", "Ratio", "RunKey", "Scheme", "Seconds", "Tag", "TagList",
+    "Tags", "Text", "Topologies", "Topology", "UtcDatetime", "split_commas", "utc_now",
 ]  # fmt: skip
 
 MAX_INT = 2**63 - 1  # the largest value of a signed 64-bit (BIGINT) column
@@ -115,6 +115,7 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json_object)]
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 Count = Annotated[int, Ge(0), Le(MAX_INT)]
 Seconds = Annotated[FiniteFloat, Ge(0)]
+Ratio = Annotated[FiniteFloat, Ge(0)]  # a ratio of two non-negative figures
 Bits = Annotated[int, Ge(1), Le(64)]
 TagList = Annotated[list[Tag], AfterValidator(_dedupe)]
 MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/\-]{1,100}$")]

@@ -9,7 +9,7 @@ per step, each a mean over ranks (or nodes) of their medians:
   interface counted (TCP/IP headers and ACKs included), and ``measured_tx_bytes_per_step``
   that per rank. With one rank per node, everything a rank sends crosses its interface.
 
-The compression ratio is fp32 DDP's sent bytes at the same world size over this run's.
+The compression ratio is :func:`lightning_quant.figures.compression_ratio`.
 
 Validation (``--val-every``) gives ``final_val_loss`` (and ``final_val_acc``) at the last
 check, and time to target: the training time (validation left out; its cost is
@@ -33,7 +33,7 @@ from benchmarks.perf_model import predict_step_time
 from benchmarks.sweep.launch import RunFailed
 from benchmarks.sweep.plan import RunSpec
 from benchmarks.tasks import TASKS
-from lightning_quant.collectives import fp32_allreduce_bytes
+from lightning_quant.figures import compression_ratio
 from lightning_quant.hooks import get_scheme
 
 __all__ = [
@@ -152,7 +152,6 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         for point in ranks[0].get("validations") or []
     ]
     last = validations[-1] if validations else {}
-    fp32 = fp32_allreduce_bytes(raw, spec.world_size)
     return {
         "task": spec.task,
         "scheme": spec.scheme,
@@ -187,7 +186,7 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         "measured_tx_bytes_per_step": statistics.fmean(tx) / per_node if tx else None,
         "measured_inter_node_tx_bytes_per_step": statistics.fmean(tx) if tx else None,
         "measured_inter_node_tx_bytes_per_node": tx_per_node if tx else None,
-        "compression_ratio": fp32 / sent if sent else None,
+        "compression_ratio": compression_ratio(raw, sent, spec.world_size),
         "mean_bits": statistics.fmean(s["bits"] for s in own),
         "steps_at_bits": dict(sorted(collections.Counter(s["bits"] for s in own).items())),
         "encode_s": median_of("encode_s", own),

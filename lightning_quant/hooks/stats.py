@@ -10,30 +10,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lightning_quant.collectives import fp32_allreduce_bytes
+from lightning_quant.figures import STEP_METRICS, compression_ratio
 
 __all__ = ["METRIC_PREFIX", "STEP_METRICS", "StepStats"]
 
 METRIC_PREFIX = "comm/"  # loggers receive the step figures as comm/<name>
-
-# What every optimizer step reports, by name (``StepStats.as_dict``'s keys but "step").
-STEP_METRICS = (
-    "buckets",
-    "raw_bytes",
-    "uncompressed_bytes",
-    "payload_bytes",
-    "sent_bytes",
-    "inter_node_bytes",
-    "intra_node_bytes",
-    "compression_ratio",
-    "collectives",
-    "rounds",
-    "encode_s",
-    "communicate_s",
-    "decode_s",
-    "step_s",
-    "bits",
-)
 
 
 @dataclass
@@ -77,9 +58,9 @@ class StepStats:
 
     @property
     def compression_ratio(self) -> float:
-        """fp32 DDP's sent bytes at this world size over this step's (0 when nothing went)."""
-        baseline = fp32_allreduce_bytes(self.raw_bytes, self.world_size)
-        return baseline / self.sent_bytes if self.sent_bytes else 0.0
+        """:func:`~lightning_quant.figures.compression_ratio` of this step (0 when nothing
+        went)."""
+        return compression_ratio(self.raw_bytes, self.sent_bytes, self.world_size) or 0.0
 
     def add(self, **amounts: float) -> None:
         """Add to counters from any thread."""
@@ -120,6 +101,6 @@ class StepStats:
         return self.sent_bytes - self.inter_node_bytes
 
     def as_dict(self) -> dict[str, float]:
-        """Return ``step`` and every :data:`STEP_METRICS` figure."""
+        """Return ``step`` and every figure of :data:`~lightning_quant.figures.STEP_METRICS`."""
         self.settle()
         return {"step": self.step, **{name: getattr(self, name) for name in STEP_METRICS}}

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from lightning_quant.collectives import fp32_allreduce_bytes
+from lightning_quant.figures import RUN_MEANS, RUN_TOTALS, compression_ratio
 from lightning_quant.hooks.stats import METRIC_PREFIX
 from lightning_quant.runstore.client import DEFAULT_SPOOL_DIR, StoreClient
 from lightning_quant.runstore.records import RUN_FIELDS, MetricPoint, RunRecord, versions
@@ -36,8 +36,6 @@ __all__ = ["CONFIG_KEY", "RunStoreLogger"]
 CONFIG_KEY = "lightning_quant"  # the hyperparameter the strategy describes the run under
 LOSS_METRICS = ("train_loss", "loss")  # the first one logged is the run's loss
 ACCURACY_METRICS = ("test_acc", "test_accuracy", "val_acc", "val_accuracy", "accuracy")
-TOTALS = ("raw_bytes", "payload_bytes", "sent_bytes", "inter_node_bytes")
-MEANS = ("step_s", "encode_s", "communicate_s", "decode_s")
 
 
 class RunStoreLogger(Logger):
@@ -166,18 +164,19 @@ class RunStoreLogger(Logger):
     def summary(self) -> dict[str, Any]:
         """Return the run's summary fields, from the metrics logged so far."""
         steps = len(self._steps)
-        comm = {name: self._sums.get(METRIC_PREFIX + name) for name in (*TOTALS, *MEANS)}
+        comm = {name: self._sums.get(METRIC_PREFIX + name) for name in (*RUN_TOTALS, *RUN_MEANS)}
         figures: dict[str, Any] = {
             "final_loss": _first(self._last, LOSS_METRICS),
             "final_accuracy": _first(self._last, ACCURACY_METRICS),
-            "summary": {"steps": steps, "wall_s": time.perf_counter() - self._started},
+            "steps": steps,
+            "wall_s": time.perf_counter() - self._started,
         }
         if steps and comm["sent_bytes"] is not None:
-            figures.update({f"total_{name}": int(comm[name] or 0) for name in TOTALS})
-            figures.update({f"mean_{name}": (comm[name] or 0.0) / steps for name in MEANS})
-            world = self._fields.get("world_size") or 1
-            fp32 = fp32_allreduce_bytes(figures["total_raw_bytes"], world)
-            figures["compression_ratio"] = fp32 / comm["sent_bytes"] if comm["sent_bytes"] else None
+            figures.update({f"total_{name}": int(comm[name] or 0) for name in RUN_TOTALS})
+            figures.update({f"mean_{name}": (comm[name] or 0.0) / steps for name in RUN_MEANS})
+            figures["compression_ratio"] = compression_ratio(
+                figures["total_raw_bytes"], comm["sent_bytes"], self._fields.get("world_size") or 1
+            )
         return {k: v for k, v in figures.items() if v is not None}
 
     def _observe(self, step: int, values: Mapping[str, float]) -> None:

@@ -1,8 +1,9 @@
 """What the library sends the run store: a run's record and one step's metric point.
 
 Both are exactly the API's request schemas (``RunCreate`` and ``MetricCreate`` in
-``api/models.py``; a test checks the fields agree), written here as frozen dataclasses so
-that the library never imports ``api/``.
+``api/models/``; a test checks the fields agree), written here as frozen dataclasses so
+that the library never imports ``api/``. The summary figures are
+:data:`lightning_quant.figures.RUN_FIGURES`.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class RunRecord:
     mean_communicate_s: float | None = None
     mean_decode_s: float | None = None
     predicted_step_s: float | None = None
-    summary: Mapping[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    wall_s: float | None = None
+    summary: Mapping[str, Any] = field(default_factory=dict)  # a sweep's record of the run
 
     def to_json(self) -> dict[str, Any]:
         """Return the request body: JSON types, no ``None`` and no non-finite number."""

@@ -2,12 +2,9 @@
 PostgreSQL: never a server error, and with a token configured, no write gets through
 without it."""
 
-import tempfile
-from pathlib import Path
-
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -20,11 +17,10 @@ from api import crud
 from api.core.config import Settings
 from api.main import create_app
 from api.models import MAX_ID, MetricCreate, RunCreate
-from benchmarks import postgres_server as postgres
-from tests.utils.databases import KINDS, run_sql
+from tests.utils.databases import KINDS, database_url, run_sql
 from tests.utils.factories import METRIC_NAMES, metric_points, run_payload
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 TOKEN = "fuzz-token"
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
@@ -55,18 +51,8 @@ def _undecodable_json(response) -> bool:
     return [error["type"] for error in response.json()["detail"]] == ["json_invalid"]
 
 
-def _database_url(kind: str) -> str:
-    if kind == "postgresql":
-        return postgres.shared_server().fresh_database()
-    return f"sqlite:///{Path(_DATA.name) / f'runs-{len(list(Path(_DATA.name).iterdir()))}.db'}"
-
-
-def _fuzzed_app(kind: str, **overrides):
-    """An app on a new database of ``kind`` (SQLite files go in a temporary directory,
-    removed at exit), with runs seeded, and its schema. The schema must exist when the
-    module is collected, so this runs at import, not in a fixture; schemathesis keeps the
-    app's lifespan running."""
-    url = _database_url(kind)
+def _fuzzed_schema(url: str, **overrides):
+    """The schema of an app on the database at ``url``, with runs seeded."""
     app = create_app(Settings(_env_file=None, DATABASE_URL=url, **overrides))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     with Session(app.state.engine) as session:
@@ -75,7 +61,22 @@ def _fuzzed_app(kind: str, **overrides):
             points = [MetricCreate(**point) for point in metric_points(scheme, steps=20)]
             crud.create_metrics(session=session, db_run=run, points=points)
     schema.hook("map_path_parameters")(_aim_at_stored_runs)
-    return schema, url
+    return schema
+
+
+def _fuzz_every_operation(schema, check) -> int:
+    """Run ``check`` on the cases hypothesis generates for each operation; return how many
+    operations were fuzzed."""
+    operations = [result.ok() for result in schema.get_all_operations()]
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @FUZZ
+        def run(case):
+            check(case)
+
+        run()
+    return len(operations)
 
 
 def _no_server_error(case):
@@ -94,56 +95,26 @@ def _no_write_without_the_token(case):
     assert response.status_code < 500, response.text
     if case.method.upper() in WRITES:
         # Refused: 401 from the token check, or earlier, when FastAPI cannot even parse
-        # the body (400/422) or the path takes no such method (405). Never a success;
-        # the next test checks that nothing was stored.
+        # the body (400/422) or the path takes no such method (405). Never a success.
         assert response.status_code in (400, 401, 405, 422), (case.method, case.path)
         if response.status_code == 422:
             assert _undecodable_json(response), response.text
 
 
-def _fuzz(schema, check):
-    """A test running ``check`` on every case schemathesis generates from ``schema``."""
-
-    @schema.parametrize()
-    @FUZZ
-    def test(case):
-        check(case)
-
-    return test
+@pytest.fixture(params=KINDS)
+def database(request, tmp_path) -> str:
+    """A new database of each kind (PostgreSQL skips, with the reason, where it cannot run)."""
+    return database_url(request.param, tmp_path / "database")
 
 
-def _nothing_written(database: str):
-    def test():
-        assert run_sql(database, "SELECT count(*) FROM run") == [(SEEDED_RUNS,)]
-        assert run_sql(database, "SELECT count(*) FROM metric") == [
-            (SEEDED_RUNS * 20 * len(METRIC_NAMES),)
-        ]
-
-    return test
+def test_no_input_makes_a_server_error(database) -> None:
+    assert _fuzz_every_operation(_fuzzed_schema(database, API_TOKEN=None), _no_server_error)
 
 
-_DATA = tempfile.TemporaryDirectory(prefix="lq-fuzz-")
-
-# For each database: the fuzz tests, then the check of what was stored (pytest keeps a
-# module's order). Named test_..._on_<database>.
-for _kind in KINDS:
-    if _kind == "postgresql" and postgres.unavailable() is not None:
-        continue
-    _open, _ = _fuzzed_app(_kind, API_TOKEN=None)
-    _token, _token_database = _fuzzed_app(_kind, API_TOKEN=TOKEN)
-    globals().update(
-        {
-            f"test_no_input_makes_a_server_error_on_{_kind}": _fuzz(_open, _no_server_error),
-            f"test_with_a_token_no_write_gets_through_on_{_kind}": _fuzz(
-                _token, _no_write_without_the_token
-            ),
-            f"test_nothing_was_written_without_the_token_on_{_kind}": _nothing_written(
-                _token_database
-            ),
-        }
-    )
-
-
-@pytest.mark.skipif(postgres.unavailable() is None, reason="PostgreSQL is fuzzed above")
-def test_fuzzing_on_postgresql():
-    pytest.skip(str(postgres.unavailable()))
+def test_with_a_token_no_write_gets_through_and_nothing_is_written(database) -> None:
+    schema = _fuzzed_schema(database, API_TOKEN=TOKEN)
+    assert _fuzz_every_operation(schema, _no_write_without_the_token)
+    # in the same test as the fuzzing, on the database it fuzzed
+    assert run_sql(database, "SELECT count(*) FROM run") == [(SEEDED_RUNS,)]
+    expected_points = SEEDED_RUNS * 20 * len(METRIC_NAMES)
+    assert run_sql(database, "SELECT count(*) FROM metric") == [(expected_points,)]

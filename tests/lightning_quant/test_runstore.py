@@ -40,7 +40,7 @@ def test_training_run_is_recorded_with_its_configuration(api_server, tmp_path) -
         assert run["final_accuracy"] == pytest.approx(results[0]["test_acc"])
         assert run["total_sent_bytes"] == sum(s["sent_bytes"] for s in stats)
         assert run["mean_step_s"] == pytest.approx(sum(s["step_s"] for s in stats) / len(stats))
-        assert run["run_key"] and run["summary"]["steps"] == len(stats)
+        assert run["run_key"] and run["steps"] == len(stats) and run["wall_s"] > 0
         names = {"names": "comm/sent_bytes"}
         metrics = http.get(f"/runs/{run['id']}/metrics", params=names).json()
     assert [m["value"] for m in metrics["data"]] == [s["sent_bytes"] for s in stats]

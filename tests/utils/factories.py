@@ -240,8 +240,9 @@ def run_payload(
             "mean_communicate_s": mean("communicate_s"),
             "mean_decode_s": mean("decode_s"),
             "predicted_step_s": mean("step_s") * 0.95,
+            "steps": steps,
+            "wall_s": steps * mean("step_s"),
             "summary": {
-                "steps": steps,
                 "best_accuracy": max(v["accuracy"] for v in values),
                 # the steps to fp32's final accuracy, at this run's pace
                 "time_to_target_s": 0.9 * steps * mean("step_s"),
