@@ -231,4 +231,9 @@ def test_the_library_never_imports_the_api_the_dashboard_or_the_benchmarks() -> 
             else:
                 continue
             for name in names:
-                assert name.split(".")[0] not in ("api", "dashboard", "benchmarks"), (path, name)
+                top = name.split(".")[0]
+                assert top not in ("api", "dashboard", "benchmarks", "app"), (path, name)
+        # nor starts them by name, as a command line would
+        text = path.read_text()
+        for started in ("api.main", "dashboard.app", "benchmarks.sweep", "uvicorn"):
+            assert started not in text, (path, started)
