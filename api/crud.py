@@ -110,6 +110,7 @@ def _run_conditions(filters: RunFilters) -> list[ColumnElement[bool]]:
     for column, values in (
         (Run.scheme, filters.scheme),
         (Run.bits, filters.bits),
+        (Run.coding, filters.coding),
         (Run.collective, filters.collective),
         (Run.topology, filters.topology),
         (Run.status, [status.value for status in filters.status]),

@@ -23,6 +23,7 @@ __all__ = ["browser_page"]
 FILTER_LABELS = {
     "scheme": "Scheme",
     "bits": "Bits",
+    "coding": "Coding",
     "collective": "Collective",
     "topology": "Topology (nodes x ranks)",
     "dataset": "Dataset",
@@ -96,6 +97,7 @@ def _sidebar_filters(all_runs: pd.DataFrame) -> tuple[tuple[str, tuple[str, ...]
     options: dict[str, list[Any]] = {
         "scheme": sorted(all_runs["scheme"].dropna().unique()),
         "bits": sorted(int(b) for b in all_runs["bits"].dropna().unique()),
+        "coding": sorted(all_runs["coding"].dropna().unique()),
         "collective": sorted(all_runs["collective"].dropna().unique()),
         "topology": sorted(all_runs["topology"].dropna().unique()),
         "dataset": sorted(all_runs["dataset"].dropna().unique()),
@@ -129,7 +131,7 @@ def _run_table(runs: pd.DataFrame) -> None:
     table["step_ms"] = table["mean_step_s"] * 1e3
     table["tags"] = table["tags"].map(lambda tags: ", ".join(tags or []))
     columns = [
-        "id", "open", "name", "scheme", "bits", "collective", "status", "world_size",
+        "id", "open", "name", "scheme", "bits", "coding", "collective", "status", "world_size",
         "topology", "dataset", "model_name", "accuracy", "final_loss", "compression_ratio",
         "sent_bytes", "step_ms", "tags", "created_at",
     ]  # fmt: skip

@@ -41,15 +41,16 @@ PAGE_SIZE = 1000  # the API's largest page
 MAX_RUNS = 5000  # the most runs the browser lists
 # The run list's filters: query parameter of the API (and of the dashboard's URL).
 FILTER_FIELDS = (
-    "scheme", "bits", "collective", "topology", "dataset", "model", "status", "tag",
+    "scheme", "bits", "coding", "collective", "topology", "dataset", "model", "status", "tag",
 )  # fmt: skip
 
 RUN_COLUMNS = (
-    "id", "name", "scheme", "bits", "collective", "status", "world_size", "num_nodes",
+    "id", "name", "scheme", "bits", "coding", "collective", "status", "world_size", "num_nodes",
     "topology", "hierarchical", "dataset", "model_name", "tags", "final_loss",
     "final_accuracy", "total_raw_bytes", "total_payload_bytes", "total_sent_bytes",
     "total_inter_node_bytes", "compression_ratio", "mean_step_s", "mean_encode_s",
-    "mean_communicate_s", "mean_decode_s", "predicted_step_s", "created_at", "finished_at",
+    "mean_communicate_s", "mean_decode_s", "predicted_step_s", "steps", "wall_s", "created_at",
+    "finished_at",
 )  # fmt: skip
 METRIC_COLUMNS = ("run_id", "step", "epoch", "wall_time", "name", "value")
 

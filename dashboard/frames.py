@@ -40,16 +40,19 @@ def scheme_label(scheme: str, bits: object = None) -> str:
     return f"{scheme} {int(bits)}-bit"  # type: ignore[call-overload]
 
 
-def run_label(run_id: int, scheme: str, bits: object = None) -> str:
-    """Name a run in legends and axes: ``#3 qsgd 4-bit``."""
-    return f"#{run_id} {scheme_label(scheme, bits)}"
+def run_label(run_id: int, scheme: str, bits: object = None, coding: object = None) -> str:
+    """Name a run in legends and axes: ``#3 qsgd 4-bit``, ``#4 qsgd 4-bit entropy``."""
+    coded = " entropy" if coding == "entropy" else ""
+    return f"#{run_id} {scheme_label(scheme, bits)}{coded}"
 
 
 def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Return ``runs`` with a ``run`` column holding each run's label."""
     runs = runs.copy()
+    codings = runs["coding"] if "coding" in runs else [None] * len(runs)  # older frames
     runs["run"] = [
-        run_label(i, s, b) for i, s, b in zip(runs["id"], runs["scheme"], runs["bits"], strict=True)
+        run_label(i, s, b, c)
+        for i, s, b, c in zip(runs["id"], runs["scheme"], runs["bits"], codings, strict=True)
     ]
     return runs
 

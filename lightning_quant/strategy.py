@@ -55,6 +55,8 @@ class QuantizedDDPStrategy(DDPStrategy):
             :class:`Quantizer` or a :class:`~lightning_quant.hooks.Scheme`.
         bits: wire bits per coordinate, sign included (ignored by the float baselines).
         bucket_size: coordinates per quantization bucket (bucketed schemes).
+        coding: ``"packed"`` (every code at ``bits``) or ``"entropy"`` (the codes rANS-coded
+            at about their entropy; CPU only, and not through a summing all-reduce).
         error_feedback: carry each bucket's quantization error into the next step.
         min_compress_numel: parameters with fewer elements go uncompressed (fp32).
         compress_1d: also quantize 1-D parameters (biases, norms); by default they go
@@ -92,6 +94,7 @@ class QuantizedDDPStrategy(DDPStrategy):
         quantizer: str | Quantizer | Scheme = "qsgd",
         bits: int = 4,
         bucket_size: int = 512,
+        coding: str = "packed",
         error_feedback: bool = False,
         min_compress_numel: int = DEFAULT_MIN_COMPRESS_NUMEL,
         compress_1d: bool = False,
@@ -104,7 +107,10 @@ class QuantizedDDPStrategy(DDPStrategy):
         **ddp_kwargs: Any,
     ) -> None:
         # every setting is checked now, not once training starts
-        self.scheme: Scheme = _build_scheme(quantizer, bits, bucket_size, quantizer_config or {})
+        self.scheme: Scheme = _build_scheme(
+            quantizer, {"bits": bits, "bucket_size": bucket_size, "coding": coding},
+            quantizer_config or {},
+        )  # fmt: skip
         self.scheme.check_collective(collective)
         for key, value in self.scheme.ddp_settings.items():  # what DDP needs for it
             ddp_kwargs.setdefault(key, value)
@@ -138,6 +144,7 @@ class QuantizedDDPStrategy(DDPStrategy):
             "scheme": self.scheme_name,
             "bits": self.scheme.bits,
             "bucket_size": quantizer.get("bucket_size"),
+            "coding": quantizer.get("coding", "packed"),
             "collective": str(chosen),
             "hierarchical": state.hierarchical if state is not None else self.hierarchical,
             "topology": f"{self.num_nodes}x{len(self.parallel_devices or [None])}",
@@ -157,7 +164,7 @@ class QuantizedDDPStrategy(DDPStrategy):
         config = self.config_dict()
         module = self.lightning_module
         return {
-            **{k: config[k] for k in ("scheme", "bits", "collective", "bucket_size")},
+            **{k: config[k] for k in ("scheme", "bits", "coding", "collective", "bucket_size")},
             **{k: config[k] for k in ("world_size", "num_nodes", "topology", "hierarchical")},
             "backend": config["backend"],
             "device": str(self.root_device),
@@ -298,16 +305,20 @@ class QuantizedDDPStrategy(DDPStrategy):
 
 
 def _build_scheme(
-    quantizer: str | Quantizer | Scheme, bits: int, bucket_size: int, extra: dict[str, Any]
+    quantizer: str | Quantizer | Scheme, shared: dict[str, Any], extra: dict[str, Any]
 ) -> Scheme:
-    """Return the scheme, with ``bits`` and ``bucket_size`` where it takes them."""
+    """Return the scheme, with the ``shared`` settings (bits, bucket size, coding) where it
+    takes them; asking a scheme without codes (floats, PyTorch's hooks) to entropy-code
+    is an error, not silently ignored."""
     if not isinstance(quantizer, str):
         if extra:
             raise ValueError("quantizer_config is for names; an instance has its own settings")
         return get_scheme(quantizer)
     takes = scheme_settings(quantizer)  # an unknown name fails here, with the list
-    shared = {k: v for k, v in {"bits": bits, "bucket_size": bucket_size}.items() if k in takes}
-    return get_scheme(quantizer, **{**shared, **extra})
+    if shared.get("coding", "packed") != "packed" and "coding" not in takes:
+        raise ValueError(f"{quantizer} sends no codes to entropy-code; use coding='packed'")
+    given = {k: v for k, v in shared.items() if k in takes}
+    return get_scheme(quantizer, **{**given, **extra})
 
 
 STRATEGY_NAMES = {f"ddp_{name}": name for name in available_schemes()}

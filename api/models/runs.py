@@ -59,6 +59,7 @@ class RunBase(SQLModel):
     # setup
     scheme: Scheme = Field(max_length=64, index=True)
     bits: Bits | None = Field(default=None, index=True)
+    coding: Label | None = Field(default=None, max_length=32, index=True)  # packed, entropy
     collective: Label | None = Field(default=None, max_length=32, index=True)
     bucket_size: int | None = Field(default=None, ge=1, le=MAX_INT, sa_type=BigInteger)
     world_size: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -182,6 +183,7 @@ class RunSortField(StrEnum):
     status = "status"
     scheme = "scheme"
     bits = "bits"
+    coding = "coding"
     collective = "collective"
     world_size = "world_size"
     topology = "topology"
@@ -216,6 +218,7 @@ class RunFilters(SQLModel):
 
     scheme: Labels = []
     bits: BitsList = []
+    coding: Labels = []
     collective: Labels = []
     topology: Topologies = []
     status: Statuses = []
@@ -234,6 +237,7 @@ class RunSummary(SQLModel):
     name: str
     scheme: str
     bits: int | None
+    coding: str | None
     collective: str | None
     status: RunStatus
     world_size: int | None

@@ -30,6 +30,7 @@ from benchmarks.sweep.tables import (
 from benchmarks.tasks import TASKS
 from lightning_quant.collectives import AUTO, Collective
 from lightning_quant.hooks import scheme_settings
+from lightning_quant.quantizers.base import CODINGS
 
 __all__ = ["main", "parse_args"]
 
@@ -99,6 +100,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--bits", type=_comma(int), default="4", help="comma list; "
                         "float schemes and peers run once at their own width")  # fmt: skip
+    parser.add_argument(
+        "--coding", type=_comma(str), default="packed",
+        help="comma list of packed, entropy: how the codes go on the wire (schemes without "
+        "codes run packed once)",
+    )  # fmt: skip
     parser.add_argument(
         "--world-size", type=_comma(int), help="comma list of ranks, one per node (default 2)"
     )
@@ -177,6 +183,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             link_preset(link)
         except ValueError as error:
             parser.error(str(error))
+    bad_codings = [c for c in args.coding if c not in CODINGS]
+    if bad_codings:
+        allowed = ", ".join(CODINGS)
+        parser.error(f"unknown coding(s) {', '.join(bad_codings)}; choose from {allowed}")
     if args.topology is not None and args.world_size is not None:
         parser.error("give --world-size or --topology, not both")
     if args.topology is None:

@@ -41,6 +41,7 @@ class RunSpec:
     batch_size: int | None  # per rank; None: the task's
     bucket_size: int
     collective: str = Collective.ALLREDUCE
+    coding: str = "packed"  # how the codes go on the wire (schemes without codes: packed)
     ranks_per_node: int = 1
     hierarchical: bool = False
     val_every: int = 0  # steps between validations (0: none)
@@ -60,28 +61,37 @@ class RunSpec:
     @property
     def name(self) -> str:
         path = " hierarchical" if self.hierarchical else ""
+        coded = " entropy" if self.coding == "entropy" else ""
         extra = "".join(f" {k}={v}" for k, v in self.settings)
         return (
-            f"{self.task} {self.scheme} {self.bits}b {self.collective}{path} {self.topology} "
-            f"{self.link}{extra} seed{self.seed}"
+            f"{self.task} {self.scheme} {self.bits}b{coded} {self.collective}{path} "
+            f"{self.topology} {self.link}{extra} seed{self.seed}"
         )
 
     def quantizer_settings(self) -> dict[str, Any]:
         """Return the settings the ranks build the scheme with."""
         return scheme_settings_for(
-            self.scheme, self.task, self.bits, self.bucket_size, self.settings
+            self.scheme, self.task, self.bits, self.bucket_size, self.settings, self.coding
         )
 
 
 def scheme_settings_for(
-    scheme: str, task: str, bits: int, bucket_size: int, settings: tuple[tuple[str, Any], ...]
+    scheme: str,
+    task: str,
+    bits: int,
+    bucket_size: int,
+    settings: tuple[tuple[str, Any], ...],
+    coding: str = "packed",
 ) -> dict[str, Any]:
     """Return the settings a run builds ``scheme`` with: those that run it at ``bits`` under
     the task's learning rate (:func:`~lightning_quant.hooks.schemes.scheme_defaults`),
-    ``bucket_size`` where it has one, then ``--settings``."""
+    ``bucket_size`` and ``coding`` where it has them, then ``--settings``."""
     built = scheme_defaults(scheme, bits, TASKS[task].lr)
-    if "bucket_size" in scheme_settings(scheme):
+    takes = scheme_settings(scheme)
+    if "bucket_size" in takes:
         built["bucket_size"] = bucket_size
+    if "coding" in takes and coding != "packed":
+        built["coding"] = coding
     return {**built, **dict(settings)}
 
 
@@ -142,8 +152,8 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
     """Return the runs in the order they go: per link and topology, fp32 first.
 
     Schemes without a ``bits`` setting (floats, peers) run once per (link, topology,
-    seed) at their own width, the rest once per ``--bits`` value; each once per
-    ``--hierarchical`` path and ``--collective`` it supports, as
+    seed) at their own width, the rest once per ``--bits`` value and ``--coding``; each
+    once per ``--hierarchical`` path and ``--collective`` it supports, as
     :func:`lightning_quant.hooks.state.use_hierarchy` and
     :func:`lightning_quant.collectives.choose_collective` resolve them for that topology
     (values that resolve alike run once).
@@ -156,12 +166,18 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
         world = nodes * per_node
         fixed = wire_bits(scheme)
         settings = own_settings(scheme, getattr(args, "settings", None) or {})
-        for bits, hierarchical in itertools.product(
+        codings = getattr(args, "coding", None) or ["packed"]
+        if "coding" not in scheme_settings(scheme):
+            codings = ["packed"]  # floats and PyTorch's hooks send no codes
+        for bits, coding, hierarchical in itertools.product(
             [fixed] if fixed is not None else args.bits,
+            codings,
             _paths(get_scheme(scheme), world, per_node, args.hierarchical),
         ):
             reducing = nodes if hierarchical else world  # ranks the quantized collective spans
-            built = scheme_settings_for(scheme, args.task, bits, args.bucket_size, settings)
+            built = scheme_settings_for(
+                scheme, args.task, bits, args.bucket_size, settings, coding
+            )
             collectives, why = _collectives(scheme, built, reducing, args.collective)
             for collective in collectives:
                 specs.append(
@@ -177,6 +193,7 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
                         batch_size=args.batch_size,
                         bucket_size=args.bucket_size,
                         collective=collective,
+                        coding=coding,
                         ranks_per_node=per_node,
                         hierarchical=hierarchical,
                         val_every=args.val_every,

@@ -49,8 +49,8 @@ __all__ = [
 LOSS_WINDOW = 5  # steps in the trailing mean that makes "final loss" less noisy
 
 RECORD_FIELDS = (
-    "task", "scheme", "bits", "collective", "topology", "hierarchical", "world_size", "link",
-    "seed", "status", "error",
+    "task", "scheme", "bits", "coding", "collective", "topology", "hierarchical",
+    "world_size", "link", "seed", "status", "error",
     "steps", "warmup_steps", "measured_steps",
     "step_time_s", "step_time_s_per_rank", "mean_step_s",
     "predicted_step_s", "prediction_error", "compute_s", "codec_s", "predicted_comm_s",
@@ -156,6 +156,7 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         "task": spec.task,
         "scheme": spec.scheme,
         "bits": spec.bits,
+        "coding": spec.coding,
         "collective": result.get("config", {}).get("collective", spec.collective),
         "topology": spec.topology,
         "hierarchical": result.get("config", {}).get("hierarchical", spec.hierarchical),
@@ -224,6 +225,7 @@ def empty_record(spec: RunSpec, status: str, error: str) -> dict[str, Any]:
         task=spec.task,
         scheme=spec.scheme,
         bits=spec.bits,
+        coding=spec.coding,
         collective=spec.collective,
         topology=spec.topology,
         hierarchical=spec.hierarchical,

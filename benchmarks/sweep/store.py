@@ -96,6 +96,7 @@ def planned_record(spec: RunSpec, key: str, tags: tuple[str, ...]) -> RunRecord:
         run_key=key,
         tags=tags,
         bits=spec.bits,
+        coding=spec.coding,
         collective=spec.collective,
         bucket_size=quantizer.get("bucket_size"),
         world_size=spec.world_size,

@@ -60,7 +60,7 @@ def run_rows(records: list[Record]) -> tuple[list[list[str]], list[str]]:
         x_fp32 = 1 / r["speedup_vs_fp32"] if r.get("speedup_vs_fp32") else None
         rows.append(
             [
-                r["scheme"], str(r["bits"]), r["collective"] or "", r["topology"] or "",
+                r["scheme"], _width(r), r["collective"] or "", r["topology"] or "",
                 "hierarchical" if r["hierarchical"] else "flat", r["link"], str(r["seed"]),
                 status, _ms(r["step_time_s"]), _ms(r["predicted_step_s"]), _fmt(ratio, ".2f"),
                 _fmt(x_fp32, ".2f"), _mb(r["sent_bytes_per_step"]),
@@ -106,7 +106,7 @@ def config_rows(records: list[Record]) -> list[list[str]]:
         r["link"],
         r["topology"],
         r["scheme"],
-        r["bits"],
+        _width(r),
         r["collective"],
         r["hierarchical"],
     )
@@ -143,7 +143,7 @@ def scaling_rows(records: list[Record]) -> tuple[list[str], list[list[str]]]:
     worlds = sorted({r["world_size"] for r in records})
     groups = _groups(
         records,
-        lambda r: (r["link"], r["scheme"], r["bits"], r["collective"], r["hierarchical"]),
+        lambda r: (r["link"], r["scheme"], _width(r), r["collective"], r["hierarchical"]),
     )
     base = {
         (k[0], world): _median_step([r for r in runs if r["world_size"] == world])
@@ -199,3 +199,9 @@ def markdown_tables(records: list[Record]) -> str:
         text += "\n\nStep time (x fp32 DDP) and sent bytes per rank and step:\n\n"
         text += markdown(columns, scaling)
     return text + "\n"
+
+
+def _width(record: Record) -> str:
+    """The run's bits, and its coding where not packed: ``"4"``, ``"4 entropy"``."""
+    coding = record.get("coding") or "packed"
+    return str(record["bits"]) + ("" if coding == "packed" else f" {coding}")

@@ -30,30 +30,14 @@ second rounding (tested in ``tests/lightning_quant/test_reduce_scatter.py``).
 
 Error feedback covers both stages, as DeepSpeed's compressed allreduce does: every rank
 keeps a residual of its own encoding of the whole bucket, and the owner of a shard keeps
-a second residual of its re-encoding of the mean. Over ``T`` steps the sum of the outputs
-then differs from ``T`` times the true mean by exactly the residuals left at the end
-(``- mean_i e1_i - e2``). That identity holds whatever the residuals' size; they stay
-bounded only if the compressor is contractive, ``||C(v) - v||^2 <= (1 - delta) ||v||^2``
-(Stich and Karimireddy 2019; Richtarik et al., EF21, 2021). An unbiased quantizer whose
-variance exceeds the input's energy (``b > 1``: QSGD at 4 bits on buckets of 512 has
-``b`` up to 3.2, about 1.6 measured) is not, and its residual grows geometrically: 4-bit
-QSGD's reached 100x the gradient in 30 steps, and SGD with momentum diverged. So with
-error feedback every payload is contracted before it is sent (:meth:`Quantizer.contract`):
-on each quantization bucket the scale keeps its factor 1 where the residual left is
-within ``RESIDUAL_BOUND = 3`` times the norm of the step's own gradient there (the
-worker's gradient; the decoded mean, for the owner), takes the largest factor in
-``[0, 1]`` that keeps it there otherwise, and the least-squares factor (error
-``||v||^2 sin^2(theta) < ||v||^2``) where none does; at no cost in bytes. Residuals then
-stay within 3x the gradient, or near ``sqrt(b)`` times it where even the best factor
-contracts less (ternary QSGD on buckets of 512, ``b ~ 17``: about 4x). The largest
-factor rather than the least-squares one because error feedback delays what it holds
-back: on a byte-level GPT with SGD and momentum 0.9, two least-squares stages in series
-diverged, while these end within 5% of fp32 DDP (``benchmarks/error_feedback.py``).
+a second residual of its re-encoding of the mean; every payload is contracted first, so
+the residuals stay bounded (:mod:`lightning_quant.quantizers.contraction` says how and
+why).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -211,14 +195,21 @@ def allreduce(job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start:
     return work, finish
 
 
-def allgather(job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start: int) -> Final:
-    """All-gather every rank's payload; decode and average them all."""
+def allgather(job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start: int) -> Stages:
+    """All-gather every rank's payload; decode and average them all.
+
+    Entropy-coded payloads differ in size between ranks, and gloo's all-gather takes
+    equal ones: a first stage agrees on the largest (a one-number ``allreduce(MAX)``), and
+    every payload is padded to it (the padding is counted as sent).
+    """
     q = job.quantizer
     target, scale = job.target(group, job.worker_residuals, x, start)
     with job.timed("encode_s"):
         encoded = [job.encode(target, scale)]
         (payload,) = job.feed_back(job.worker_residuals, target, x, encoded, start)
         wire = payload.to_wire()
+    if payload.coding == "entropy":
+        wire = yield from _padded_to_the_largest(job, group, wire)
     gathered = wire.new_empty(group.size * wire.numel())
     work = all_gather(job.stats, group, gathered, wire)
 
@@ -234,8 +225,15 @@ def allgather(job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start:
 def reduce_scatter_path(
     job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start: int
 ) -> Stages:
-    """All-to-all of shards, reduce and re-encode the owned shard, all-gather (module doc)."""
+    """All-to-all of shards, reduce and re-encode the owned shard, all-gather (module doc).
+
+    Entropy-coded shards differ in size: the all-to-all first exchanges their sizes (one
+    number per pair of ranks), then sends each shard at its own size (uneven splits, no
+    padding); the re-encoded shards are all-gathered padded to the largest, agreed by an
+    ``allreduce(MAX)``. Two more stages, each one latency round of a few bytes.
+    """
     q, n, me = job.quantizer, group.size, group.index
+    coded = q.coding == "entropy"
     bounds = shard_bounds(x.numel(), q.alignment, n)
     target, scale = job.target(group, job.worker_residuals, x, start)
     with job.timed("encode_s"):
@@ -243,15 +241,20 @@ def reduce_scatter_path(
         payloads = job.feed_back(job.worker_residuals, target, x, payloads, start)
         send = torch.cat([p.to_wire() for p in payloads])
     mine = payloads[me]
-    received = send.new_empty(n * mine.nbytes)
-    yield all_to_all(
-        job.stats, group, received, send, [mine.nbytes] * n, [p.nbytes for p in payloads]
-    )
+    sizes = [p.nbytes for p in payloads]
+    incoming = [mine.nbytes] * n
+    if coded:
+        counts = torch.tensor(sizes, dtype=torch.int64, device=x.device)
+        theirs = torch.empty_like(counts)
+        yield all_to_all(job.stats, group, theirs, counts, [1] * n, [1] * n)
+        incoming = theirs.tolist()
+    received = send.new_empty(sum(incoming))
+    yield all_to_all(job.stats, group, received, send, incoming, sizes)
 
     # this rank owns shard ``me``: average the n payloads, re-encode the mean
     a, b = bounds[me]
     with job.timed("decode_s"):
-        rows = received.view(n, mine.nbytes)
+        rows = received.split(incoming)
         mean = _mean_into(
             torch.empty(b - a, dtype=torch.float32, device=x.device),
             [_decoder(q, mine, row) for row in rows],
@@ -262,9 +265,12 @@ def reduce_scatter_path(
         (reencoded,) = job.feed_back(
             job.owner_residuals, owned, mean, [job.encode(owned, scale)], start + a
         )
-        width = max(p.nbytes for p in payloads)
-        wire = torch.zeros(width, dtype=torch.uint8, device=x.device)
-        wire[: reencoded.nbytes] = reencoded.to_wire()
+        wire = reencoded.to_wire()
+    if coded:
+        wire = yield from _padded_to_the_largest(job, group, wire)
+    else:  # every rank knows every shard's packed size
+        wire = _padded(wire, max(sizes))
+    width = wire.numel()
     gathered = wire.new_empty(n * width)
     work = all_gather(job.stats, group, gathered, wire)
 
@@ -273,10 +279,29 @@ def reduce_scatter_path(
         with job.timed("decode_s"):
             for (lo, hi), layout, row in zip(bounds, payloads, rows, strict=True):
                 if hi > lo:
-                    q.decode(layout.read_wire(row[: layout.nbytes]), out=out[lo:hi])
+                    read = row if coded else row[: layout.nbytes]
+                    q.decode(layout.read_wire(read), out=out[lo:hi])
         return out
 
     return work, finish
+
+
+def _padded_to_the_largest(
+    job: Job, group: Group, wire: torch.Tensor
+) -> Generator[dist.Work, None, torch.Tensor]:
+    """Agree on the group's largest ``wire`` (one stage: an ``allreduce(MAX)``); return
+    this rank's padded to it."""
+    width = torch.tensor([wire.numel()], dtype=torch.int64, device=wire.device)
+    yield all_reduce(job.stats, group, width, dist.ReduceOp.MAX)
+    return _padded(wire, int(width))
+
+
+def _padded(wire: torch.Tensor, width: int) -> torch.Tensor:
+    if wire.numel() == width:
+        return wire
+    padded = torch.zeros(width, dtype=wire.dtype, device=wire.device)
+    padded[: wire.numel()] = wire
+    return padded
 
 
 PATHS: dict[Collective, Callable[..., Stages | Final]] = {

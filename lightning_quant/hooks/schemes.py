@@ -117,7 +117,10 @@ class QuantizerScheme(Scheme):
 
     @property
     def collectives(self) -> tuple[Collective, ...]:
-        return self.quantizer.collectives
+        return self.quantizer.reducible_with()
+
+    def check_collective(self, requested: str) -> None:
+        self.quantizer.check_collective(requested)
 
     def allreduce_limit(self) -> int | None:
         return self.quantizer.allreduce_limit()
@@ -226,4 +229,3 @@ def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[st
         {k: v for k, v in settings.items() if k in ours},
         {k: v for k, v in settings.items() if k not in ours},
     )
-

@@ -120,9 +120,10 @@ class QuantizedCommState:
             self.local_group, self.node_group = mesh_groups(mesh)
         # the quantized collective runs among one rank per node on the hierarchical path
         reducing = self.node_group or self.group
+        quantizer.check_collective(collective)
         self.collective = choose_collective(
             quantizer.name,
-            quantizer.collectives,
+            quantizer.reducible_with(),
             collective,
             reducing.size,
             quantizer.allreduce_limit(),
@@ -181,8 +182,10 @@ class QuantizedCommState:
         first all-gather would fail deep inside gloo or NCCL with a size mismatch.
         """
         if world_size != self.world_size:
-            before = "" if dist.is_initialized() and self.world_size > 1 else (
-                " (it was built before torch.distributed.init_process_group)"
+            before = (
+                ""
+                if dist.is_initialized() and self.world_size > 1
+                else (" (it was built before torch.distributed.init_process_group)")
             )
             raise RuntimeError(
                 f"this comm state was built for {self.world_size} rank(s){before}, but the "

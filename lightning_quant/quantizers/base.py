@@ -1,4 +1,4 @@
-"""The quantizer interface, the wire format and the registry of schemes."""
+"""The quantizer interface and the registry of schemes (the wire format: :mod:`.payload`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 
-from lightning_quant.collectives import Collective
+from lightning_quant.collectives import Collective, check_collective
+from lightning_quant.quantizers import kernels
 from lightning_quant.quantizers.contraction import RESIDUAL_BOUND, fit_factors, row_sums
+from lightning_quant.quantizers.payload import CODINGS, SCALE_DTYPE, Payload, check_coding
 
 __all__ = [
+    "SCALE_DTYPE",
+    "CODINGS",
     "Payload",
+    "check_coding",
     "Quantizer",
     "QuantizerConfig",
     "Share",
@@ -26,57 +31,6 @@ __all__ = [
     "register_quantizer",
     "round_stochastically",
 ]
-
-SCALE_DTYPE = torch.float32
-
-
-@dataclass(frozen=True)
-class Payload:
-    """What one worker puts on the wire for one tensor.
-
-    ``data`` and ``scales`` are exactly the bytes the DDP hook hands to the collective
-    (``to_wire`` concatenates them); ``nbytes`` counts them and nothing else. Everything
-    else (shape, dtype, bits, levels) is agreed by all ranks in advance and never sent.
-
-    Attributes:
-        data: packed codes, 1-D ``uint8``.
-        scales: one ``float32`` scale per bucket (Global-QSGD: the one shared scale).
-        shape: shape of the encoded tensor.
-        numel: number of elements of the encoded tensor.
-        dtype: dtype the decoder restores.
-        bits: wire bits per coordinate, sign included.
-        levels: positive quantization levels ``s`` the codes refer to (0 for floats).
-        summands: how many workers' codes ``data`` holds summed (Global-QSGD allreduce).
-    """
-
-    data: torch.Tensor
-    scales: torch.Tensor
-    shape: torch.Size
-    numel: int
-    dtype: torch.dtype
-    bits: int
-    levels: int = 0
-    summands: int = 1
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes this payload puts on the wire: packed codes plus scales."""
-        return self.data.numel() + self.scales.numel() * self.scales.element_size()
-
-    def to_wire(self) -> torch.Tensor:
-        """Return the one ``uint8`` buffer that crosses the wire: scales, then codes."""
-        return torch.cat([self.scales.reshape(-1).view(torch.uint8), self.data])
-
-    def read_wire(self, wire: torch.Tensor) -> Payload:
-        """Return a payload of this layout whose bytes are read from ``wire``."""
-        if wire.numel() != self.nbytes:
-            raise ValueError(
-                f"wire buffer has {wire.numel()} bytes, this layout needs {self.nbytes}"
-            )
-        split = self.scales.numel() * self.scales.element_size()
-        scales = wire[:split].clone().view(self.scales.dtype)
-        return dataclasses.replace(self, data=wire[split:], scales=scales)
-
 
 # ``share(tensor)`` starts summing ``tensor`` over the ranks and returns a function that
 # waits for it and gives the mean: what the hook's state hands a policy once a step.
@@ -161,6 +115,28 @@ class Quantizer(ABC):
         """Wire bits per coordinate at the configured width."""
         return int(getattr(self.config, "bits"))  # noqa: B009 - every scheme but floats
 
+    @property
+    def coding(self) -> str:
+        """How the codes go on the wire: ``"packed"``, or ``"entropy"`` (rANS-coded)."""
+        return str(getattr(self.config, "coding", "packed"))
+
+    def check_collective(self, requested: str) -> None:
+        """Raise ``ValueError`` unless ``requested`` is ``"auto"`` or a collective it can
+        reduce with at its settings; the message says what to choose."""
+        if requested == Collective.ALLREDUCE and self.coding == "entropy":
+            raise ValueError(
+                f"{self.name}: an all-reduce sums payloads, and entropy-coded ones do not "
+                "add up; use collective='auto' or coding='packed'"
+            )
+        check_collective(self.name, self.reducible_with(), requested)
+
+    def reducible_with(self) -> tuple[Collective, ...]:
+        """The collectives it can reduce with at its settings: entropy-coded payloads are
+        not fixed-width lanes, so no SUM all-reduce can add them."""
+        if self.coding == "entropy":
+            return tuple(c for c in self.collectives if c is not Collective.ALLREDUCE)
+        return self.collectives
+
     @abstractmethod
     def encode(
         self,
@@ -238,7 +214,12 @@ class Quantizer(ABC):
 
     def warm_up(self, device: torch.device) -> None:
         """Encode and decode a small tensor on ``device``, so that the codec's kernels are
-        compiled now (Numba caches them on disk) and not inside the first timed step."""
+        compiled now (Numba caches them on disk) and not inside the first timed step.
+
+        Raises:
+            ValueError: its coding cannot run on ``device`` (entropy coding off CPU).
+        """
+        kernels.backend(device, self.coding)
         x = torch.linspace(-1.0, 1.0, 2 * self.alignment + 3, device=device)
         scale = x.abs().amax().reshape(1) if self.shared_scale else None
         generator = torch.Generator(device=device).manual_seed(0)

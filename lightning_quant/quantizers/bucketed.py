@@ -35,6 +35,7 @@ from lightning_quant.quantizers.base import (
     Payload,
     Quantizer,
     QuantizerConfig,
+    check_coding,
     round_stochastically,
 )
 
@@ -57,13 +58,17 @@ class BucketConfig(QuantizerConfig):
     Args:
         bits: wire bits per coordinate, sign included, 2 to 8.
         bucket_size: coordinates sharing one scale (QSGD's ``d``), at least 1.
+        coding: ``"packed"`` (``bits`` a code) or ``"entropy"`` (the codes rANS-coded, at
+            about their entropy: :mod:`~lightning_quant.quantizers.kernels.coded`).
     """
 
     bits: int = 4
     bucket_size: int = 512
+    coding: str = "packed"
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        check_coding(self.coding)
         if not isinstance(self.bucket_size, int) or self.bucket_size < 1:
             raise ValueError(f"bucket_size must be a positive integer, got {self.bucket_size!r}")
 
@@ -142,7 +147,7 @@ class BucketedQuantizer(Quantizer):
             scale: must be ``None``: every bucket carries its own scale.
         """
         bits = self._check_input(tensor, bits, scale)
-        fused = kernels.backend(tensor.device)
+        fused = kernels.backend(tensor.device, self.coding)
         if fused is None:
             return self.encode_eager(tensor, generator, bits=bits)
         data, scales = fused.encode_buckets(
@@ -193,9 +198,10 @@ class BucketedQuantizer(Quantizer):
         Returns:
             ``out`` if given, else a new tensor of the payload's shape and dtype.
         """
-        fused = kernels.backend(payload.data.device)
+        fused = kernels.backend(payload.data.device, payload.coding)
         if fused is None:
             return self.decode_eager(payload, out)
+        payload.check_seal(self.config.bucket_size)
         target = kernels.writable_f32(out, payload.data, payload.numel)
         values = fused.decode_buckets(
             payload.data,
@@ -246,7 +252,8 @@ class BucketedQuantizer(Quantizer):
             dtype=tensor.dtype,
             bits=bits,
             levels=self.levels(bits),
-        )
+            coding=self.coding,
+        ).seal()
 
     def _scales(self, rows: torch.Tensor) -> torch.Tensor:
         if self.norm == "inf":

@@ -41,6 +41,7 @@ from lightning_quant.quantizers.base import (
     Payload,
     Quantizer,
     QuantizerConfig,
+    check_coding,
     register_quantizer,
     round_stochastically,
 )
@@ -63,11 +64,15 @@ class GlobalQSGDConfig(QuantizerConfig):
 
     Args:
         bits: lane width on the wire per coordinate, one of 2, 4, 8.
+        coding: ``"packed"``, or ``"entropy"`` (the lanes rANS-coded; they no longer add
+            up in an all-reduce, so the reduce-scatter path takes them).
     """
 
     bits: int = 8
+    coding: str = "packed"
 
     def __post_init__(self) -> None:
+        check_coding(self.coding)
         if self.bits not in LANE_BITS:
             raise ValueError(
                 f"global_qsgd bits must be one of {LANE_BITS} (lanes that tile a byte), "
@@ -141,7 +146,12 @@ class SharedScaleQuantizer(Quantizer):
             dtype=tensor.dtype,
             bits=self.bits,
             levels=levels,
-        )
+            coding=self.coding,
+        ).seal()
+
+    def _backend(self, tensor: torch.Tensor) -> ModuleType | None:
+        """The fused kernels for ``tensor`` at this scheme's coding (None: eager)."""
+        return kernels.backend(tensor.device, self.coding)
 
 
 @register_quantizer("global_qsgd")
@@ -202,7 +212,7 @@ class GlobalQSGD(SharedScaleQuantizer):
             scale: the shared scale, at least ``max |tensor|`` (default: this tensor's max).
         """
         self._bits(bits)
-        return self._encode(tensor, generator, scale, 1, kernels.backend(tensor.device))
+        return self._encode(tensor, generator, scale, 1, self._backend(tensor))
 
     def encode_summable(
         self,
@@ -213,7 +223,9 @@ class GlobalQSGD(SharedScaleQuantizer):
         scale: torch.Tensor | None = None,
     ) -> Payload:
         """Quantize with ``s_w`` levels, so that ``world_size`` payloads sum without carry."""
-        return self._encode(tensor, generator, scale, world_size, kernels.backend(tensor.device))
+        if self.coding == "entropy":
+            raise ValueError("entropy-coded lanes do not add up: an all-reduce cannot sum them")
+        return self._encode(tensor, generator, scale, world_size, self._backend(tensor))
 
     def summable(self, payload: Payload) -> torch.Tensor:
         return payload.data
@@ -276,9 +288,10 @@ class GlobalQSGD(SharedScaleQuantizer):
             out: optional tensor of ``payload.numel`` elements to write the result into; a
                 contiguous ``float32`` CPU ``out`` is filled by the fused kernel directly.
         """
-        fused = kernels.backend(payload.data.device)
+        fused = kernels.backend(payload.data.device, payload.coding)
         if fused is None:
             return self.decode_eager(payload, out)
+        payload.check_seal(None)
         values = fused.decode_shared(
             payload.data,
             bits=payload.bits,

@@ -35,6 +35,7 @@ from lightning_quant.quantizers import kernels
 from lightning_quant.quantizers.base import (
     Payload,
     QuantizerConfig,
+    check_coding,
     register_quantizer,
 )
 from lightning_quant.quantizers.bucketed import (
@@ -54,12 +55,15 @@ class GlobalQSGDExpConfig(QuantizerConfig):
 
     Args:
         bits: code width, sign included, 2 to 8: zero and ``2**(bits-1) - 1`` exponents.
+        coding: ``"packed"``, or ``"entropy"`` (the codes rANS-coded).
     """
 
     bits: int = 8
+    coding: str = "packed"
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        check_coding(self.coding)
 
 
 @register_quantizer("global_qsgd_exp")
@@ -98,7 +102,7 @@ class GlobalQSGDExp(SharedScaleQuantizer):
             bits: must be ``None`` or the configured width.
             scale: the shared scale, at least ``max |tensor|`` (default: this tensor's max).
         """
-        return self._encode(tensor, generator, bits, scale, kernels.backend(tensor.device))
+        return self._encode(tensor, generator, bits, scale, self._backend(tensor))
 
     def encode_eager(
         self,
@@ -111,9 +115,17 @@ class GlobalQSGDExp(SharedScaleQuantizer):
         return self._encode(tensor, generator, None, scale, None)
 
     def decode(self, payload: Payload, out: torch.Tensor | None = None) -> torch.Tensor:
-        fused = kernels.backend(payload.data.device)
+        fused = kernels.backend(payload.data.device, payload.coding)
         if fused is None or payload.numel == 0:
             return self.decode_eager(payload, out)
+        target = kernels.writable_f32(out, payload.data, payload.numel)
+        payload.check_seal(None)
+        if payload.coding == "entropy":
+            values = fused.decode_shared(
+                payload.data, bits=payload.bits, numel=payload.numel, offset=0,
+                step=payload.scales, out=target, levels=payload.levels, exponential=True,
+            )  # fmt: skip
+            return kernels.finish_decode(values, payload, out)
         values = fused.decode_buckets(
             payload.data,
             payload.scales,
@@ -122,7 +134,7 @@ class GlobalQSGDExp(SharedScaleQuantizer):
             levels=payload.levels,
             exponential=True,
             numel=payload.numel,
-            out=kernels.writable_f32(out, payload.data, payload.numel),
+            out=target,
         )
         return kernels.finish_decode(values, payload, out)
 

@@ -32,6 +32,7 @@ class RunRecord:
     finished_at: str | None = None
     # setup
     bits: int | None = None
+    coding: str | None = None
     collective: str | None = None
     bucket_size: int | None = None
     world_size: int | None = None

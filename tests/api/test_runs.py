@@ -121,6 +121,7 @@ def catalog(client, make_run):
         make_run("qsgd", bits=2, tags=["sweep", "low-bits"]),
         make_run("qsgd", bits=8, dataset="imagenet", model_name="resnet50", tags=["sweep"]),
         make_run("nuqsgd", bits=2, status="running", tags=["sweep", "low-bits"]),
+        make_run("qsgd", bits=3, coding="entropy", tags=["sweep"]),
     ]
     return runs
 
@@ -152,6 +153,11 @@ def _expected(runs, predicate):
             lambda r: r["scheme"] == "qsgd" and r["bits"] in (2, 8) and "sweep" in r["tags"],
         ),
         ({"scheme": "no-such-scheme"}, lambda r: False),
+        ({"coding": "entropy"}, lambda r: r["coding"] == "entropy"),
+        (
+            {"scheme": "qsgd", "coding": "packed"},
+            lambda r: r["scheme"] == "qsgd" and r["coding"] == "packed",
+        ),
     ],
 )
 def test_filters_select_exactly_the_matching_runs(client, catalog, params, predicate):
@@ -179,7 +185,7 @@ def test_pages_cover_every_run_once_with_the_total_count(client, catalog):
         seen += [run["id"] for run in page["data"]]
     assert sorted(seen) == sorted(run["id"] for run in catalog)
     filtered = _list(client, scheme="qsgd", limit=1)
-    assert len(filtered["data"]) == 1 and filtered["count"] == 3
+    assert len(filtered["data"]) == 1 and filtered["count"] == 4
 
 
 def test_default_order_is_newest_first(client, catalog):

@@ -184,6 +184,26 @@ def test_plan_runs_each_scheme_once_per_collective_it_supports():
         sweep.parse_args(["--collective", "ring"])
 
 
+def test_plan_runs_each_coded_scheme_once_per_coding_and_floats_once():
+    args = sweep.parse_args(
+        ["--schemes", "fp32,torch_fp16,qsgd,global_qsgd", "--bits", "4",
+         "--coding", "packed,entropy", "--world-size", "2"]
+    )  # fmt: skip
+    planned = [(s.scheme, s.coding, s.collective) for s in sweep.plan_runs(args)]
+    assert planned == [
+        ("fp32", "packed", "allreduce"),
+        ("torch_fp16", "packed", "allreduce"),
+        ("qsgd", "packed", "allgather"),
+        ("qsgd", "entropy", "allgather"),
+        ("global_qsgd", "packed", "allreduce"),
+        ("global_qsgd", "entropy", "reduce_scatter"),  # its summing all-reduce takes no codes
+    ]
+    coded = next(s for s in sweep.plan_runs(args) if s.coding == "entropy")
+    assert coded.quantizer_settings()["coding"] == "entropy" and "entropy" in coded.name
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--coding", "huffman"])
+
+
 def test_unknown_scheme_is_refused_with_the_names():
     with pytest.raises(SystemExit) as exit_info:
         sweep.parse_args(["--schemes", "fp32,qsdg"])

@@ -11,10 +11,14 @@ from torch import nn
 from lightning_quant.hooks import make_comm_hook
 
 
-def _mlp(seed: int = 0) -> nn.Module:
+def _mlp(seed: int = 0, hidden: int = 64) -> nn.Module:
     torch.manual_seed(seed)  # same initial weights on every rank
     return nn.Sequential(
-        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+        nn.Linear(32, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 10),
     )
 
 
@@ -26,11 +30,13 @@ def _ddp(
     return nn.parallel.DistributedDataParallel(model.to(device), device_ids=ids, bucket_cap_mb=cap)
 
 
-def _train(config: dict, many_buckets: bool, steps: int, device: str = "cpu") -> dict:
+def _train(
+    config: dict, many_buckets: bool, steps: int, device: str = "cpu", hidden: int = 64
+) -> dict:
     """Train a fresh MLP with the hook of ``make_comm_hook(**config)``; return parameters,
     every step's statistics and the element counts of the buckets DDP handed over."""
     rank = dist.get_rank()
-    ddp = _ddp(_mlp(), many_buckets, device)
+    ddp = _ddp(_mlp(hidden=hidden), many_buckets, device)
     state, hook = make_comm_hook(**config)
     state.bind(ddp)
     numels: list[list[int]] = []  # per step, each bucket's elements
@@ -84,7 +90,9 @@ def train_plain_ddp(
     return result
 
 
-def aggregated_gradients(scheme: str, draws: int, many_buckets: bool, **settings) -> dict:
+def aggregated_gradients(
+    scheme: str, draws: int, many_buckets: bool, hidden: int = 64, **settings
+) -> dict:
     """Return the exact mean gradient and ``draws`` quantized aggregates of it."""
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -96,8 +104,8 @@ def aggregated_gradients(scheme: str, draws: int, many_buckets: bool, **settings
         nn.functional.cross_entropy(ddp(x), y).backward()
         return torch.cat([p.grad.reshape(-1) for p in ddp.parameters()])
 
-    exact = gradient(_ddp(_mlp(), many_buckets))
-    ddp = _ddp(_mlp(), many_buckets)
+    exact = gradient(_ddp(_mlp(hidden=hidden), many_buckets))
+    ddp = _ddp(_mlp(hidden=hidden), many_buckets)
     state, hook = make_comm_hook(scheme, **settings)
     ddp.register_comm_hook(state.bind(ddp), hook)
     samples = torch.stack([gradient(ddp) for _ in range(draws)])
@@ -118,10 +126,13 @@ def _shutdown() -> None:
     dist.destroy_process_group()
 
 
-def train_each(configs: list[dict], steps: int = 4, many_buckets: bool = True) -> list[dict]:
-    """Train with each ``make_comm_hook`` config in turn, in one process group."""
+def train_each(
+    configs: list[dict], steps: int = 4, many_buckets: bool = True, hidden: int = 64
+) -> list[dict]:
+    """Train with each ``make_comm_hook`` config in turn, in one process group (an MLP of
+    ``hidden`` units a layer)."""
     dist.init_process_group("gloo")
-    results = [_train(config, many_buckets, steps) for config in configs]
+    results = [_train(config, many_buckets, steps, hidden=hidden) for config in configs]
     _shutdown()
     return results
 

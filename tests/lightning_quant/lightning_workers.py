@@ -35,6 +35,7 @@ def fit_digits(
     quantizer_config: dict | None = None,
     static_graph: bool = False,
     accelerator: str = "cpu",
+    coding: str = "packed",
 ) -> dict:
     """Train the digits MLP on every rank (one node each) and return what the tests check.
     On ``accelerator="gpu"`` the ranks talk over NCCL, else over gloo."""
@@ -58,6 +59,7 @@ def fit_digits(
             report_to=None if store_logger else report_to,
             quantizer_config=quantizer_config,
             static_graph=static_graph,
+            coding=coding,
         )
     callbacks: list = [_Sleep(step_sleep)] if step_sleep else []
     loggers: list = [CSVLogger(Path.cwd() / "logs", name=scheme)]

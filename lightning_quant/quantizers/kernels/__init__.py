@@ -1,7 +1,8 @@
 """Fused codec kernels: two backends behind one interface, chosen once per device type.
 
 * :mod:`.cpu`: Numba kernels, multi-threaded, on CPU tensors;
-* :mod:`.gpu`: Triton kernels on CUDA tensors.
+* :mod:`.gpu`: Triton kernels on CUDA tensors;
+* :mod:`.coded`: the CPU kernels with the codes entropy-coded (``coding="entropy"``).
 
 Both take and give the eager path's exact wire layout, and draw the same counter-based
 noise (the same key gives the same payload, to the bit, on either device). A backend is a
@@ -62,9 +63,22 @@ def _backend(device_type: str) -> ModuleType | None:
         return None
 
 
-def backend(device: torch.device | str) -> ModuleType | None:
-    """Return the fused kernels for tensors on ``device``, or ``None`` (use the eager path)."""
-    return _backend(torch.device(device).type)
+def backend(device: torch.device | str, coding: str = "packed") -> ModuleType | None:
+    """Return the fused kernels for tensors on ``device``, or ``None`` (use the eager path).
+
+    Raises:
+        ValueError: ``coding="entropy"`` off CPU, or without Numba: the coder has no eager
+            path, and no GPU run has proved one yet.
+    """
+    device_type = torch.device(device).type
+    if coding != "entropy":
+        return _backend(device_type)
+    if device_type != "cpu" or _backend("cpu") is None:
+        raise ValueError(
+            f"entropy coding runs on CPU tensors with Numba only (got {device_type}): no GPU "
+            "run has proved a coder yet; use coding='packed' there"
+        )
+    return importlib.import_module(f"{__name__}.coded")
 
 
 def supports(tensor: torch.Tensor) -> bool:

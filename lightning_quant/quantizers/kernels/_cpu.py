@@ -169,9 +169,6 @@ def _quantize(mode, xs, inv, s, lookup, noise, bits, codes):
 # --- packing ------------------------------------------------------------------------------
 
 
-
-
-
 # --- drivers: each runs a range of tasks, so that callers can spread tasks over threads ---
 
 
@@ -210,14 +207,30 @@ def fused_tasks(t0, t1, x, xbits, bits, size, s, mode, lookup, inf_norm, key, ou
         for k in range(t * per_task * group, min((t + 1) * per_task * group, nb)):
             a = k * size
             b = min(a + size, n)
-            if inf_norm:
-                scale = _bits_f32(_max_abs_bits(xbits[a:b]))
-            else:
-                scale = np.float32(math.sqrt(_sum_squares(x[a:b])))
+            scale = _bucket_norm(x, xbits, a, b, inf_norm)
             scales[k] = scale
             run = slice(a - base, b - base)
             _quantize(mode, x[a:b], _inverse(scale), s, lookup, noise[run], bits, codes[run])
         _pack(codes, end - base, bits, out[base * bits // 8 : (end * bits + 7) // 8])
+
+
+@njit(cache=True, nogil=True)
+def bucket_norms(k0, k1, x, xbits, size, inf_norm, scales, inverse):
+    """Scales (L2 or max norms) of buckets ``k0 .. k1 - 1`` and their inverses, each summed
+    over the whole bucket, as the packed path's fused tasks sum them."""
+    n = x.size
+    for k in range(k0, k1):
+        scale = _bucket_norm(x, xbits, k * size, min(k * size + size, n), inf_norm)
+        scales[k] = scale
+        inverse[k] = _inverse(scale)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bucket_norm(x, xbits, a, b, inf_norm):
+    """The scale of ``x[a:b]``: its max norm, or its L2 norm summed in one pass."""
+    if inf_norm:
+        return _bits_f32(_max_abs_bits(xbits[a:b]))
+    return np.float32(math.sqrt(_sum_squares(x[a:b])))
 
 
 @njit(cache=True, nogil=True)

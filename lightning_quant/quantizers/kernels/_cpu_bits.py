@@ -95,11 +95,6 @@ def uniforms(key, start, out):
         out[m - 1] = _high(_mix(state))
 
 
-# --- norms --------------------------------------------------------------------------------
-
-
-
-
 @njit(cache=True, nogil=True)
 def _pack(codes, m, bits, out):
     """Pack ``codes[:m]`` into ``out`` (``ceil(m * bits / 8)`` bytes).
@@ -157,4 +152,3 @@ def _unpack(data, bits, codes):
                 word |= np.uint64(data[g * bits + k]) << np.uint64(8 * k)
             for k in range(8):
                 codes[8 * g + k] = np.uint8((word >> np.uint64(bits * k)) & mask)
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_quant.quantizers.base import Payload
+from lightning_quant.quantizers.payload import Payload
 
 __all__ = ["draw_key", "finish_decode", "output_f32", "writable_f32"]
 
@@ -63,5 +63,3 @@ def output_f32(out: torch.Tensor | None, like: torch.Tensor, numel: int) -> torc
             f"out must be a contiguous float32 tensor of {numel} elements on {like.device}"
         )
     return view
-
-

@@ -95,31 +95,44 @@ def encode_buckets(
     Returns:
         ``(data, scales)``: packed ``uint8`` codes and one ``float32`` scale per bucket.
     """
-    x = _as_f32(flat)
+    x = as_f32(flat)
     n = x.numel()
     data = torch.empty(packed_nbytes(n, bits), dtype=torch.uint8)
     scales = torch.empty(-(-n // bucket_size), dtype=torch.float32)
     key = draw_key(generator)
     if n == 0:
         return data, scales
-    mode, lookup = _mode(exponential, table)
+    mode, lookup = level_mode(exponential, table)
     xs, out, scale_array = x.numpy(), data.numpy(), scales.numpy()
     fused, tasks = _cpu.task_layout(n, bucket_size)
     common = (bits, bucket_size, levels, mode, lookup, inf_norm, _u64(key), out, scale_array)
     if fused:
-        _run(_cpu.fused_tasks, tasks, xs, xs.view("u4"), *common)
+        run_tasks(_cpu.fused_tasks, tasks, xs, xs.view("u4"), *common)
         return data, scales
-    per_bucket = -(-min(bucket_size, n) // _cpu.PIECE)  # pieces of PIECE per bucket
-    pieces = scale_array.size * per_bucket
+    inverse = bucket_scales(xs, bucket_size, inf_norm, scale_array)
+    quantize = (xs, bucket_size, inverse, levels, mode, lookup, _u64(key), bits, out)
+    run_tasks(_cpu.quantize_tasks, -(-n // _cpu.TASK), *quantize)
+    return data, scales
+
+
+def bucket_scales(xs: np.ndarray, size: int, inf_norm: bool, scales: np.ndarray) -> np.ndarray:
+    """Fill ``scales`` with each bucket's norm, summed as the packed encoder sums it (whole
+    buckets where its tasks are fused, partial norms of pieces otherwise); return their
+    inverses."""
+    n = xs.size
+    inverse = np.empty(scales.size, np.float32)
+    if _cpu.task_layout(n, size)[0]:
+        run_tasks(_cpu.bucket_norms, scales.size, xs, xs.view("u4"), size, inf_norm, scales,
+                  inverse, grain=64)  # fmt: skip
+        return inverse
+    per_bucket = -(-min(size, n) // _cpu.PIECE)  # pieces of PIECE per bucket
+    pieces = scales.size * per_bucket
     partial_squares = np.zeros(pieces, np.float64)
     partial_max = np.zeros(pieces, np.uint32)
-    inverse = np.empty(scale_array.size, np.float32)
-    norms = (xs, xs.view("u4"), bucket_size, per_bucket, inf_norm, partial_squares, partial_max)
-    _run(_cpu.norm_pieces, pieces, *norms, grain=16)
-    _cpu.combine_pieces(per_bucket, inf_norm, partial_squares, partial_max, scale_array, inverse)
-    quantize = (xs, bucket_size, inverse, levels, mode, lookup, _u64(key), bits, out)
-    _run(_cpu.quantize_tasks, -(-n // _cpu.TASK), *quantize)
-    return data, scales
+    norms = (xs, xs.view("u4"), size, per_bucket, inf_norm, partial_squares, partial_max)
+    run_tasks(_cpu.norm_pieces, pieces, *norms, grain=16)
+    _cpu.combine_pieces(per_bucket, inf_norm, partial_squares, partial_max, scales, inverse)
+    return inverse
 
 
 def decode_buckets(
@@ -144,30 +157,30 @@ def decode_buckets(
     if numel == 0:
         return out
     _check_packed(data, bits, numel)
-    scale_array = _as_f32(scales).numpy()
+    scale_array = as_f32(scales).numpy()
     if scale_array.size < -(-numel // bucket_size):
         raise ValueError(
             f"{numel} values in buckets of {bucket_size} need {-(-numel // bucket_size)} "
             f"scales, got {scale_array.size}"
         )
-    mode, lookup = _mode(exponential, table)
+    mode, lookup = level_mode(exponential, table)
     args = (
         data.contiguous().numpy(), bits, bucket_size, levels, mode, lookup, scale_array, 0,
         out.numpy(),
     )  # fmt: skip
-    _run(_cpu.decode_tasks, -(-numel // _cpu.TASK), *args, grain=32)
+    run_tasks(_cpu.decode_tasks, -(-numel // _cpu.TASK), *args, grain=32)
     return out
 
 
 def max_abs(flat: torch.Tensor) -> torch.Tensor:
     """Return ``flat.abs().amax()`` as a 0-d ``float32`` tensor (NaN wins, then Inf)."""
-    x = _as_f32(flat)
+    x = as_f32(flat)
     if x.numel() == 0:
         return torch.zeros((), dtype=torch.float32)
     bits = x.numpy().view("u4")
     pieces = -(-bits.size // _cpu.PIECE)
     partial = np.zeros(pieces, np.uint32)
-    _run(_cpu.max_abs_pieces, pieces, bits, partial, grain=16)
+    run_tasks(_cpu.max_abs_pieces, pieces, bits, partial, grain=16)
     return torch.from_numpy(partial.max(keepdims=True).view(np.float32)).reshape(())
 
 
@@ -191,15 +204,15 @@ def encode_shared(
         generator: random stream; one 64-bit key is drawn from it.
         exponential: round to signed powers of two instead of linear lanes.
     """
-    x = _as_f32(flat)
+    x = as_f32(flat)
     data = torch.empty(packed_nbytes(x.numel(), bits), dtype=torch.uint8)
     key = draw_key(generator)
     n = x.numel()
     if n:
-        inverses = _as_f32(inverse).numpy()[:1]
+        inverses = as_f32(inverse).numpy()[:1]
         mode = level_sets.EXPONENTIAL if exponential else level_sets.SIGNED
-        args = (x.numpy(), n, inverses, levels, mode, _NO_LOOKUP, _u64(key), bits, data.numpy())
-        _run(_cpu.quantize_tasks, -(-n // _cpu.TASK), *args)
+        args = (x.numpy(), n, inverses, levels, mode, NO_LOOKUP, _u64(key), bits, data.numpy())
+        run_tasks(_cpu.quantize_tasks, -(-n // _cpu.TASK), *args)
     return data
 
 
@@ -217,23 +230,23 @@ def decode_shared(
     if numel == 0:
         return out
     _check_packed(data, bits, numel)
-    steps = _as_f32(step.reshape(1)).numpy()
+    steps = as_f32(step.reshape(1)).numpy()
     args = (
-        data.contiguous().numpy(), bits, numel, 0, level_sets.SIGNED, _NO_LOOKUP, steps, offset,
+        data.contiguous().numpy(), bits, numel, 0, level_sets.SIGNED, NO_LOOKUP, steps, offset,
         out.numpy(),
     )  # fmt: skip
-    _run(_cpu.decode_tasks, -(-numel // _cpu.TASK), *args, grain=32)
+    run_tasks(_cpu.decode_tasks, -(-numel // _cpu.TASK), *args, grain=32)
     return out
 
 
 # the level modes that need no table get this one
-_NO_LOOKUP = (np.zeros(1, np.float32), np.zeros(1, np.uint8))
+NO_LOOKUP = (np.zeros(1, np.float32), np.zeros(1, np.uint8))
 
 
-def _mode(
+def level_mode(
     exponential: bool, table: torch.Tensor | None
 ) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
-    lookup = cached_lookup(table) if table is not None else _NO_LOOKUP
+    lookup = cached_lookup(table) if table is not None else NO_LOOKUP
     return level_sets.mode_of(exponential, table), lookup
 
 
@@ -247,7 +260,7 @@ def _lookup(table: bytes) -> tuple[np.ndarray, np.ndarray]:
     return level_sets.lookup(np.frombuffer(table, np.float32))
 
 
-def _as_f32(tensor: torch.Tensor) -> torch.Tensor:
+def as_f32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().reshape(-1).to(torch.float32).contiguous()
 
 
@@ -264,7 +277,7 @@ def _check_packed(data: torch.Tensor, bits: int, numel: int) -> None:
         )
 
 
-def _run(kernel: Callable[..., None], tasks: int, *args: object, grain: int = 8) -> None:
+def run_tasks(kernel: Callable[..., None], tasks: int, *args: object, grain: int = 8) -> None:
     """Run ``kernel(t0, t1, *args)`` over tasks ``0 .. tasks - 1``, spread over threads.
 
     The kernels release the GIL, so plain threads run them in parallel: this thread and

@@ -1,9 +1,11 @@
-"""A run's steps and wall time as columns of their own.
+"""A run's steps and wall time as columns of their own, and its coding.
 
 The logger used to write them into ``summary``, which a sweep then overwrote with its
 record: two writers of one field. Now ``steps`` and ``wall_s`` are figures of their own
 (``lightning_quant.figures.RUN_FIGURES``), and ``summary`` holds a sweep's record only.
 Stored summaries keep what they hold; their ``steps`` and ``wall_s`` are copied over.
+``coding`` says how the run's codes went on the wire: ``packed`` (every run before this
+revision) or ``entropy``.
 
 Revision ID: 0005
 Revises: 0004
@@ -25,6 +27,8 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column("run", sa.Column("steps", sa.BigInteger(), nullable=True))
     op.add_column("run", sa.Column("wall_s", sa.Float(), nullable=True))
+    op.add_column("run", sa.Column("coding", sa.String(length=32), nullable=True))
+    op.create_index("ix_run_coding", "run", ["coding"])
     connection = op.get_bind()
     rows = connection.execute(sa.text("SELECT id, summary FROM run")).fetchall()
     for run_id, summary in rows:
@@ -38,5 +42,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_run_coding", table_name="run")
+    op.drop_column("run", "coding")
     op.drop_column("run", "wall_s")
     op.drop_column("run", "steps")
