@@ -30,22 +30,37 @@ _L = np.uint64(1 << 23)  # the lower bound of a normalized state
 _BYTE = np.uint64(0xFF)
 _EIGHT = np.uint64(8)
 _THIRTY_TWO = np.uint64(32)
+_SCALE = np.uint64(SCALE_BITS)
+_FREQ = np.uint64(0xFFFFFF)
 
 # errors a decoding task reports (0: none)
 TRUNCATED, BAD_TABLE, BAD_STATE = 1, 2, 3
 
 
 @njit(cache=True, nogil=True)
-def _symbols(codes, m, bits, zero_merge, symbols, counts):
-    """Map ``codes[:m]`` to symbols (a zero level's sign dropped) and count them."""
-    counts[:] = 0
-    magnitude = np.uint8((1 << (bits - 1)) - 1)
-    for j in range(m):
-        c = codes[j]
-        if zero_merge and (c & magnitude) == 0:
-            c = np.uint8(0)
-        symbols[j] = c
-        counts[c] += 1
+def _symbols(codes, m, bits, zero_merge, counts):
+    """Map ``codes[:m]`` to symbols in place (a zero level's sign dropped); count them,
+    four at a time into four tallies, so that a symbol's repeats (zero's, mostly) do not
+    wait on each other's stores."""
+    tallies = np.zeros((4, counts.size), np.int64)
+    magnitude = np.uint8((1 << (bits - 1)) - 1) if zero_merge else np.uint8(0xFF)
+    for j in range(0, m - 3, 4):
+        c0, c1, c2, c3 = codes[j], codes[j + 1], codes[j + 2], codes[j + 3]
+        c0 = c0 if c0 & magnitude else np.uint8(0)
+        c1 = c1 if c1 & magnitude else np.uint8(0)
+        c2 = c2 if c2 & magnitude else np.uint8(0)
+        c3 = c3 if c3 & magnitude else np.uint8(0)
+        codes[j], codes[j + 1], codes[j + 2], codes[j + 3] = c0, c1, c2, c3
+        tallies[0, c0] += 1
+        tallies[1, c1] += 1
+        tallies[2, c2] += 1
+        tallies[3, c3] += 1
+    for j in range(m - m % 4, m):
+        c = codes[j] if codes[j] & magnitude else np.uint8(0)
+        codes[j] = c
+        tallies[0, c] += 1
+    for k in range(counts.size):
+        counts[k] = tallies[0, k] + tallies[1, k] + tallies[2, k] + tallies[3, k]
 
 
 @njit(cache=True, nogil=True)
@@ -75,49 +90,57 @@ def _normalize(counts, total, freqs):
 
 
 @njit(cache=True, nogil=True)
-def _encoder_table(freqs, xmax, rcp, shift, bias, cmpl):
-    """Per symbol: rans_byte.h's ``RansEncSymbol`` (reciprocal of the frequency)."""
+def _encoder_table(freqs, table):
+    """Per symbol, rans_byte.h's ``RansEncSymbol``: ``table[k]`` holds the state bound,
+    the reciprocal of the frequency, its shift, the bias and the complement."""
     start = 0
     for k in range(freqs.size):
         f = freqs[k]
         if f > 0:
-            xmax[k] = np.uint64(((1 << 23) >> SCALE_BITS) << 8) * np.uint64(f)
-            cmpl[k] = np.uint64((1 << SCALE_BITS) - f)
+            table[k, 0] = np.uint64(((1 << 23) >> SCALE_BITS) << 8) * np.uint64(f)
+            table[k, 4] = np.uint64((1 << SCALE_BITS) - f)
             if f < 2:
-                rcp[k] = np.uint64(0xFFFFFFFF)
-                shift[k] = np.uint64(0)
-                bias[k] = np.uint64(start + (1 << SCALE_BITS) - 1)
+                table[k, 1] = np.uint64(0xFFFFFFFF)
+                table[k, 2] = np.uint64(0)
+                table[k, 3] = np.uint64(start + (1 << SCALE_BITS) - 1)
             else:
                 s = 0
                 while f > (1 << s):
                     s += 1
-                rcp[k] = np.uint64(((1 << (s + 31)) + f - 1) // f)
-                shift[k] = np.uint64(s - 1)
-                bias[k] = np.uint64(start)
+                table[k, 1] = np.uint64(((1 << (s + 31)) + f - 1) // f)
+                table[k, 2] = np.uint64(s - 1)
+                table[k, 3] = np.uint64(start)
         start += f
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _put(x, k, table, buf, p):
+    """Encode symbol ``k`` into state ``x`` (bytes out below ``p``); return ``(x, p)``."""
+    limit = table[k, 0]
+    while x >= limit:
+        p -= 1
+        buf[p] = np.uint8(x & _BYTE)
+        x >>= _EIGHT
+    q = ((x * table[k, 1]) >> _THIRTY_TWO) >> table[k, 2]
+    return x + table[k, 3] + q * table[k, 4], p
+
+
 @njit(cache=True, nogil=True)
-def _encode_symbols(symbols, m, xmax, rcp, shift, bias, cmpl, buf, end):
+def _encode_symbols(symbols, m, table, buf, end):
     """rANS-code ``symbols[:m]`` backwards into ``buf`` ending at ``end``; return
-    ``(start, x0, x1)``: the stream is ``buf[start:end]``."""
+    ``(start, x0, x1)``: the stream is ``buf[start:end]``. Even positions go to state
+    ``x0``, odd ones to ``x1``: two independent chains the CPU overlaps."""
     x0 = _L
     x1 = _L
     p = end
-    for i in range(m - 1, -1, -1):
-        k = symbols[i]
-        x = x1 if i & 1 else x0
-        limit = xmax[k]
-        while x >= limit:
-            p -= 1
-            buf[p] = np.uint8(x & _BYTE)
-            x >>= _EIGHT
-        q = ((x * rcp[k]) >> _THIRTY_TWO) >> shift[k]
-        x = x + bias[k] + q * cmpl[k]
-        if i & 1:
-            x1 = x
-        else:
-            x0 = x
+    i = m - 1
+    if i >= 0 and i & 1 == 0:  # an odd count: the last symbol, alone
+        x0, p = _put(x0, symbols[i], table, buf, p)
+        i -= 1
+    while i > 0:
+        x1, p = _put(x1, symbols[i], table, buf, p)
+        x0, p = _put(x0, symbols[i - 1], table, buf, p)
+        i -= 2
     return p, x0, x1
 
 
@@ -135,14 +158,9 @@ def coded_tasks(
     span = per_task * size
     codes = np.empty(span + 8, np.uint8)
     noise = np.empty(span, np.float32)
-    symbols = np.empty(span, np.uint8)
     k_count = 1 << bits
     counts = np.zeros(k_count, np.int64)
-    xmax = np.zeros(k_count, np.uint64)
-    rcp = np.zeros(k_count, np.uint64)
-    shift = np.zeros(k_count, np.uint64)
-    bias = np.zeros(k_count, np.uint64)
-    cmpl = np.zeros(k_count, np.uint64)
+    table = np.zeros((k_count, 5), np.uint64)  # per symbol: xmax, rcp, shift, bias, cmpl
     for t in range(t0, t1):
         base = t * span
         end = min(base + span, n)
@@ -153,16 +171,28 @@ def coded_tasks(
             b = min(a + size, n)
             run = slice(a - base, b - base)
             _quantize(mode, x[a:b], inverse[k], s, lookup, noise[run], bits, codes[run])
-        _symbols(codes, m, bits, zero_merge, symbols, counts)
+        _symbols(codes, m, bits, zero_merge, counts)
         row = freqs[t]
         _normalize(counts, m, row)
-        _encoder_table(row, xmax, rcp, shift, bias, cmpl)
-        start, x0, x1 = _encode_symbols(
-            symbols, m, xmax, rcp, shift, bias, cmpl, scratch, (t + 1) * stride
-        )
+        _encoder_table(row, table)
+        start, x0, x1 = _encode_symbols(codes, m, table, scratch, (t + 1) * stride)
         lengths[t] = (t + 1) * stride - start
         states[t, 0] = x0
         states[t, 1] = x1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _get(x, slots, data, p, end):
+    """Decode one symbol from state ``x``, reading bytes from ``data[p:end]``; return
+    ``(symbol, x, p)``, with ``p = end + 1`` once the stream has run out."""
+    e = slots[x & _MASK]
+    x = ((e >> _EIGHT) & _FREQ) * (x >> _SCALE) + (e >> _THIRTY_TWO)
+    while x < _L:
+        if p >= end:
+            return np.uint8(0), _L, end + 1
+        x = (x << _EIGHT) | np.uint64(data[p])
+        p += 1
+    return np.uint8(e & _BYTE), x, p
 
 
 @njit(cache=True, nogil=True)
@@ -177,21 +207,19 @@ def decode_coded_tasks(
     span = per_task * size
     codes = np.empty(span, np.uint8)
     k_count = 1 << bits
-    slot_symbol = np.empty(1 << SCALE_BITS, np.uint8)
-    starts = np.zeros(k_count, np.uint64)
+    slots = np.empty(1 << SCALE_BITS, np.uint64)  # symbol | frequency << 8 | offset << 32
     for t in range(t0, t1):
         base = t * span
         m = min(base + span, n) - base
         row = freqs[t]
         total = 0
         for k in range(k_count):
-            starts[k] = np.uint64(total)
             f = row[k]
             if f < 0 or total + f > (1 << SCALE_BITS):
                 total = -1
                 break
             for slot in range(total, total + f):
-                slot_symbol[slot] = np.uint8(k)
+                slots[slot] = np.uint64(k | (f << 8) | ((slot - total) << 32))
             total += f
         if total != (1 << SCALE_BITS):
             errors[t] = BAD_TABLE
@@ -203,26 +231,14 @@ def decode_coded_tasks(
             continue
         p = offsets[t]
         end = p + lengths[t]
-        failed = False
-        for i in range(m):
-            x = x1 if i & 1 else x0
-            slot = x & _MASK
-            k = slot_symbol[slot]
-            codes[i] = k
-            x = np.uint64(row[k]) * (x >> np.uint64(SCALE_BITS)) + slot - starts[k]
-            while x < _L:
-                if p >= end:
-                    failed = True
-                    break
-                x = (x << _EIGHT) | np.uint64(data[p])
-                p += 1
-            if failed:
-                break
-            if i & 1:
-                x1 = x
-            else:
-                x0 = x
-        if failed:
+        i = 0
+        while i + 1 < m and p <= end:
+            codes[i], x0, p = _get(x0, slots, data, p, end)
+            codes[i + 1], x1, p = _get(x1, slots, data, p, end)
+            i += 2
+        if i < m and p <= end:  # an odd count: the last symbol
+            codes[i], x0, p = _get(x0, slots, data, p, end)
+        if p > end:
             errors[t] = TRUNCATED
             continue
         if x0 != _L or x1 != _L or p != end:
