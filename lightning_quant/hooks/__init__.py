@@ -65,8 +65,8 @@ def make_comm_hook(
         **settings: :class:`QuantizedCommState` keywords (``error_feedback``, ``seed``,
             ``min_compress_numel``, ``compress_1d``, ``start_step``, ``collective``,
             ``ranks_per_node``, ``hierarchical``, ``mesh``, ``intra_dtype``) and the
-            scheme's own settings (:func:`scheme_settings`: ``bits``, ``bucket_size``...,
-            PowerSGD's ``matrix_approximation_rank``).
+            scheme's own settings (:func:`scheme_settings`: ``bits``, ``bucket_size``,
+            ``coding``..., PowerSGD's ``matrix_approximation_rank``).
 
     Example::
 

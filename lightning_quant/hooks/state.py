@@ -182,11 +182,9 @@ class QuantizedCommState:
         first all-gather would fail deep inside gloo or NCCL with a size mismatch.
         """
         if world_size != self.world_size:
-            before = (
-                ""
-                if dist.is_initialized() and self.world_size > 1
-                else (" (it was built before torch.distributed.init_process_group)")
-            )
+            before = ""
+            if not dist.is_initialized() or self.world_size == 1:
+                before = " (it was built before torch.distributed.init_process_group)"
             raise RuntimeError(
                 f"this comm state was built for {self.world_size} rank(s){before}, but the "
                 f"model reduces over {world_size}: call torch.distributed.init_process_group "
