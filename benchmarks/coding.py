@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.sweep.plan import BASELINE
 from benchmarks.tasks import TASKS
 from lightning_quant.packing import unpack
 from lightning_quant.quantizers import Quantizer, available_quantizers, get_quantizer
@@ -287,7 +288,7 @@ def link_chart(records: Sequence[dict], path: Path) -> list[dict]:
     }
     world = max(links, key=lambda w: len(links[w]), default=0)
     done = [r for r in done if r["world_size"] == world]
-    fp32 = {(r["link"], r["world_size"]): r["step_time_s"] for r in done if r["scheme"] == "fp32"}
+    fp32 = {(r["link"], r["world_size"]): r["step_time_s"] for r in done if r["scheme"] == BASELINE}
     points = [
         {"link_mbit": link_preset(r["link"]).rate_bits_per_s / 1e6, "world_size": r["world_size"],
          "config": _config(r), "step_s": r["step_time_s"],

@@ -31,6 +31,7 @@ ALLOWED: dict[str, tuple[set[str], str]] = {
     "benchmarks/dqsgd_claim.py": ({"qsgd", "dqsgd"}, "DQ-SGD's claim against QSGD"),
     "benchmarks/nuqsgd_levels.py": ({"qsgd", "qsgd_inf", "nuqsgd"}, "NUQSGD's claim"),
     "benchmarks/error_feedback.py": ({"qsgd"}, "the issue's GPT-2 run"),
+    "benchmarks/coding.py": ({"qsgd"}, "the goals' scheme: 4-bit qsgd's bits and coder speed"),
     "benchmarks/codec.py": (set(available_schemes()), "the goal's schemes"),
     "benchmarks/gpu_check.py": (set(available_schemes()), "the goal's schemes"),
     "benchmarks/api_ingest.py": (set(available_schemes()), "names of made-up runs"),
