@@ -25,14 +25,16 @@ import numpy as np
 import torch
 
 from lightning_quant.packing import packed_nbytes
-from lightning_quant.quantizers.kernels import _cpu, _cpu_rans
+from lightning_quant.quantizers.kernels import _cpu_rans
 from lightning_quant.quantizers.kernels import levels as level_sets
 from lightning_quant.quantizers.kernels.common import draw_key, output_f32
 from lightning_quant.quantizers.kernels.cpu import (
     NO_LOOKUP,
     as_f32,
     bucket_scales,
+    decode_packed,
     level_mode,
+    quantize_packed,
     run_tasks,
 )
 
@@ -132,9 +134,16 @@ def encode(
     zero_merge: bool,
 ) -> np.ndarray:
     """Quantize ``x`` (buckets of ``size``, each against its ``inverse``) and code it;
-    return the payload's data, its checksum to be written by :func:`seal` (the caller
-    checks :func:`coded_applies` first)."""
+    return the payload's data: the packed codes alone where they are too few to code
+    (:func:`coded_applies`), else with the format byte and room for the checksum that
+    :func:`seal` writes."""
     n = x.size
+    packed = packed_nbytes(n, bits)
+    if not coded_applies(n, bits):
+        out = np.empty(packed, np.uint8)
+        if n:
+            quantize_packed(x, size, inverse, levels, mode, lookup, key, bits, out)
+        return out
     per_task, tasks = task_layout(n, size)
     span = per_task * size
     stride = 2 * span + 16  # at most two bytes a symbol, and slack
@@ -147,13 +156,9 @@ def encode(
         bits, zero_merge, scratch, stride, lengths, states, freqs, grain=1,
     )  # fmt: skip
     total = header_bytes(tasks, bits) + int(lengths.sum())
-    packed = packed_nbytes(n, bits)
     if total > packed + PREFIX:  # coding did not pay: the packed codes, flagged
         out = np.empty(packed + PREFIX, np.uint8)
-        run_tasks(
-            _cpu.quantize_tasks, -(-n // _cpu.TASK), x, size, inverse, levels, mode, lookup,
-            key, bits, out[PREFIX:],
-        )  # fmt: skip
+        quantize_packed(x, size, inverse, levels, mode, lookup, key, bits, out[PREFIX:])
         out[0] = PACKED
         return out
     out = np.empty(total, np.uint8)
@@ -184,18 +189,21 @@ def decode(
     offset: int,
     out: np.ndarray,
 ) -> None:
-    """Write the values of a coded payload's ``data`` into ``out`` (``numel`` of them).
+    """Write the values of a payload's ``data`` (as :func:`encode` made it) into ``out``
+    (``numel`` of them).
 
     Raises:
         ValueError: the payload is cut short, or corrupted (it says where).
     """
+    if not coded_applies(numel, bits):
+        if data.size < packed_nbytes(numel, bits):
+            raise ValueError(f"a payload of {numel} codes of {bits} bits is cut short")
+        decode_packed(data, bits, size, levels, mode, lookup, scales, offset, out)
+        return
     per_task, tasks = task_layout(numel, size)
     data = data[: _expected_bytes(data, numel, size, bits)]  # what follows is padding
     if data[0] == PACKED:
-        run_tasks(
-            _cpu.decode_tasks, -(-numel // _cpu.TASK), data[PREFIX:], bits, size, levels,
-            mode, lookup, scales, offset, out, grain=32,
-        )  # fmt: skip
+        decode_packed(data[PREFIX:], bits, size, levels, mode, lookup, scales, offset, out)
         return
     start = header_bytes(tasks, bits)
     header = np.frombuffer(data[PREFIX:start].tobytes(), dtype=_task_header(bits))
@@ -243,7 +251,10 @@ def encode_buckets(
     xs = x.numpy()
     inverse = bucket_scales(xs, bucket_size, inf_norm, scales.numpy())
     zero_merge = mode != level_sets.TABLE or float(lookup[0][0]) == 0.0
-    data = _encode_either(xs, bucket_size, inverse, levels, mode, lookup, key, bits, zero_merge)
+    data = encode(
+        xs, bucket_size, inverse, levels=levels, mode=mode, lookup=lookup, key=key, bits=bits,
+        zero_merge=zero_merge,
+    )  # fmt: skip
     return torch.from_numpy(data), scales
 
 
@@ -264,7 +275,10 @@ def decode_buckets(
     if numel:
         mode, lookup = level_mode(exponential, table)
         values = as_f32(scales).numpy()
-        _decode_either(data, values, bucket_size, numel, levels, mode, lookup, bits, 0, out)
+        decode(
+            data.contiguous().numpy(), values, bucket_size, numel=numel, levels=levels,
+            mode=mode, lookup=lookup, bits=bits, offset=0, out=out.numpy(),
+        )  # fmt: skip
     return out
 
 
@@ -285,9 +299,10 @@ def encode_shared(
     size = shared_size(n)
     inverses = np.full(-(-n // size), float(inverse.reshape(-1)[0]), np.float32)
     mode = level_sets.EXPONENTIAL if exponential else level_sets.SIGNED
-    data = _encode_either(
-        x.numpy(), size, inverses, levels, mode, NO_LOOKUP, key, bits, exponential
-    )
+    data = encode(
+        x.numpy(), size, inverses, levels=levels, mode=mode, lookup=NO_LOOKUP, key=key,
+        bits=bits, zero_merge=exponential,
+    )  # fmt: skip
     return torch.from_numpy(data)
 
 
@@ -309,63 +324,11 @@ def decode_shared(
         size = shared_size(numel)
         steps = np.full(-(-numel // size), float(step.reshape(-1)[0]), np.float32)
         mode = level_sets.EXPONENTIAL if exponential else level_sets.SIGNED
-        _decode_either(data, steps, size, numel, levels, mode, NO_LOOKUP, bits, offset, out)
-    return out
-
-
-def _encode_either(
-    xs: np.ndarray,
-    size: int,
-    inverse: np.ndarray,
-    levels: int,
-    mode: int,
-    lookup: tuple[np.ndarray, np.ndarray],
-    key: np.uint64,
-    bits: int,
-    zero_merge: bool,
-) -> np.ndarray:
-    """The payload's data: coded, or the packed codes where they are too few to code."""
-    n = xs.size
-    if coded_applies(n, bits):
-        return encode(
-            xs, size, inverse, levels=levels, mode=mode, lookup=lookup, key=key, bits=bits,
-            zero_merge=zero_merge,
-        )  # fmt: skip
-    out = np.empty(packed_nbytes(n, bits), np.uint8)
-    if n:
-        run_tasks(
-            _cpu.quantize_tasks, -(-n // _cpu.TASK), xs, size, inverse, levels, mode, lookup,
-            key, bits, out,
-        )  # fmt: skip
-    return out
-
-
-def _decode_either(
-    data: torch.Tensor,
-    scales: np.ndarray,
-    size: int,
-    numel: int,
-    levels: int,
-    mode: int,
-    lookup: tuple[np.ndarray, np.ndarray],
-    bits: int,
-    offset: int,
-    out: torch.Tensor,
-) -> None:
-    raw = data.contiguous().numpy()
-    ys = out.numpy()
-    if coded_applies(numel, bits):
         decode(
-            raw, scales, size, numel=numel, levels=levels, mode=mode, lookup=lookup,
-            bits=bits, offset=offset, out=ys,
+            data.contiguous().numpy(), steps, size, numel=numel, levels=levels, mode=mode,
+            lookup=NO_LOOKUP, bits=bits, offset=offset, out=out.numpy(),
         )  # fmt: skip
-        return
-    if raw.size < packed_nbytes(numel, bits):
-        raise ValueError(f"a payload of {numel} codes of {bits} bits is cut short")
-    run_tasks(
-        _cpu.decode_tasks, -(-numel // _cpu.TASK), raw, bits, size, levels, mode, lookup,
-        scales, offset, ys, grain=32,
-    )  # fmt: skip
+    return out
 
 
 def _size(data: np.ndarray, tasks: int, bits: int) -> int | None:

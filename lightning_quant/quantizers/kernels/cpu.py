@@ -110,9 +110,42 @@ def encode_buckets(
         run_tasks(_cpu.fused_tasks, tasks, xs, xs.view("u4"), *common)
         return data, scales
     inverse = bucket_scales(xs, bucket_size, inf_norm, scale_array)
-    quantize = (xs, bucket_size, inverse, levels, mode, lookup, _u64(key), bits, out)
-    run_tasks(_cpu.quantize_tasks, -(-n // _cpu.TASK), *quantize)
+    quantize_packed(xs, bucket_size, inverse, levels, mode, lookup, _u64(key), bits, out)
     return data, scales
+
+
+def quantize_packed(
+    xs: np.ndarray,
+    size: int,
+    inverse: np.ndarray,
+    levels: int,
+    mode: int,
+    lookup: tuple[np.ndarray, np.ndarray],
+    key: np.uint64,
+    bits: int,
+    out: np.ndarray,
+) -> None:
+    """Quantize ``xs`` (buckets of ``size``, each against its ``inverse`` scale) into the
+    packed codes ``out``."""
+    args = (xs, size, inverse, levels, mode, lookup, key, bits, out)
+    run_tasks(_cpu.quantize_tasks, -(-xs.size // _cpu.TASK), *args)
+
+
+def decode_packed(
+    raw: np.ndarray,
+    bits: int,
+    size: int,
+    levels: int,
+    mode: int,
+    lookup: tuple[np.ndarray, np.ndarray],
+    scales: np.ndarray,
+    offset: int,
+    out: np.ndarray,
+) -> None:
+    """Write the values of the packed codes ``raw`` into ``out`` (all of it): each bucket
+    of ``size`` scaled by its entry of ``scales``, lanes shifted by ``offset``."""
+    args = (raw, bits, size, levels, mode, lookup, scales, offset, out)
+    run_tasks(_cpu.decode_tasks, -(-out.size // _cpu.TASK), *args, grain=32)
 
 
 def bucket_scales(xs: np.ndarray, size: int, inf_norm: bool, scales: np.ndarray) -> np.ndarray:
@@ -164,11 +197,8 @@ def decode_buckets(
             f"scales, got {scale_array.size}"
         )
     mode, lookup = level_mode(exponential, table)
-    args = (
-        data.contiguous().numpy(), bits, bucket_size, levels, mode, lookup, scale_array, 0,
-        out.numpy(),
-    )  # fmt: skip
-    run_tasks(_cpu.decode_tasks, -(-numel // _cpu.TASK), *args, grain=32)
+    raw = data.contiguous().numpy()
+    decode_packed(raw, bits, bucket_size, levels, mode, lookup, scale_array, 0, out.numpy())
     return out
 
 
@@ -212,7 +242,7 @@ def encode_shared(
         inverses = as_f32(inverse).numpy()[:1]
         mode = level_sets.EXPONENTIAL if exponential else level_sets.SIGNED
         args = (x.numpy(), n, inverses, levels, mode, NO_LOOKUP, _u64(key), bits, data.numpy())
-        run_tasks(_cpu.quantize_tasks, -(-n // _cpu.TASK), *args)
+        quantize_packed(*args)
     return data
 
 
@@ -231,11 +261,8 @@ def decode_shared(
         return out
     _check_packed(data, bits, numel)
     steps = as_f32(step.reshape(1)).numpy()
-    args = (
-        data.contiguous().numpy(), bits, numel, 0, level_sets.SIGNED, NO_LOOKUP, steps, offset,
-        out.numpy(),
-    )  # fmt: skip
-    run_tasks(_cpu.decode_tasks, -(-numel // _cpu.TASK), *args, grain=32)
+    raw = data.contiguous().numpy()
+    decode_packed(raw, bits, numel, 0, level_sets.SIGNED, NO_LOOKUP, steps, offset, out.numpy())
     return out
 
 
