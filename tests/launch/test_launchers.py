@@ -52,13 +52,28 @@ def torchrun(net: EmulatedNetwork, out: Path, port: int) -> list[list[str]]:
     return [
         _in_namespace(net, node, {})
         + [
-            sys.executable, "-m", "torch.distributed.run",
-            "--nnodes", "2", "--nproc-per-node", "2",
-            "--rdzv-backend", "c10d", "--rdzv-id", "lq-launch",
-            "--rdzv-endpoint", f"{net.hosts[0].address}:{port}",
-            "--rdzv-conf", f"is_host={int(node == 0)}",
-            "--local-addr", net.hosts[node].address,
-            str(SCRIPT), "--out", str(out), "--steps", str(STEPS),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "2",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-id",
+            "lq-launch",
+            "--rdzv-endpoint",
+            f"{net.hosts[0].address}:{port}",
+            "--rdzv-conf",
+            f"is_host={int(node == 0)}",
+            "--local-addr",
+            net.hosts[node].address,
+            str(SCRIPT),
+            "--out",
+            str(out),
+            "--steps",
+            str(STEPS),
         ]  # fmt: skip
         for node in range(2)
     ]

@@ -223,6 +223,14 @@ def _pairs(scheme: str, collective: Collective, **extra) -> list[dict]:
     return [base, {**base, "coding": "entropy"}]
 
 
+def _assert_replicas_identical(results: list[list[dict]]) -> None:
+    """Every rank ends each of ``train_each``'s trainings with the same parameters."""
+    for rank in results[1:]:
+        for mine, theirs in zip(results[0], rank, strict=True):
+            for a, b in zip(mine["params"], theirs["params"], strict=True):
+                assert torch.equal(a, b)
+
+
 _RUNS = [
     (scheme, collective)
     for scheme in STOCHASTIC
@@ -238,10 +246,7 @@ def test_coded_training_on_three_ranks_keeps_replicas_identical(tmp_path) -> Non
         many_buckets=True, timeout=420,
     )  # fmt: skip
     first = results[0]
-    for rank in results[1:]:  # bit-identical replicas on every rank
-        for mine, theirs in zip(first, rank, strict=True):
-            for a, b in zip(mine["params"], theirs["params"], strict=True):
-                assert torch.equal(a, b)
+    _assert_replicas_identical(results)
     for i in range(0, len(configs), 2):
         packed, entropy = first[i], first[i + 1]
         assert entropy["collective"] == packed["collective"]
@@ -277,10 +282,7 @@ def test_coded_reduce_scatter_on_five_ranks_with_error_feedback(tmp_path) -> Non
         f"{WORKERS}:train_each", 5, tmp_path, configs=configs, steps=3, hidden=256,
         many_buckets=True, timeout=420,
     )  # fmt: skip
-    for rank in results[1:]:
-        for mine, theirs in zip(results[0], rank, strict=True):
-            for a, b in zip(mine["params"], theirs["params"], strict=True):
-                assert torch.equal(a, b)
+    _assert_replicas_identical(results)
     packed, entropy = results[0]
     ratio = entropy["stats"][-1]["sent_bytes"] / packed["stats"][-1]["sent_bytes"]
     assert ratio < 0.6, ratio  # size exchanges and padding included
