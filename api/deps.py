@@ -30,8 +30,11 @@ _MESSAGE = {
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such run", **_MESSAGE}}
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"description": "A token the server requires (LQ_API_TOKEN for writes, "
-          "LQ_API_READ_TOKEN for everything) is missing or wrong", **_MESSAGE}
+    401: {
+        "description": "A token the server requires (LQ_API_TOKEN for writes, "
+        "LQ_API_READ_TOKEN for everything) is missing or wrong",
+        **_MESSAGE,
+    }
 }
 TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body or the batch is over the configured limit", **_MESSAGE}

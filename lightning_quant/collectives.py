@@ -35,6 +35,7 @@ __all__ = [
     "all_to_all_traffic",
     "choose_collective",
     "fp32_allreduce_bytes",
+    "message_rounds",
     "ring_traffic",
     "sent_bytes",
 ]
@@ -61,6 +62,14 @@ def sent_bytes(collective: Collective | str, payload_bytes: float, world_size: i
     if collective is Collective.ALLGATHER:
         return (n - 1) * payload_bytes
     return 2 * (n - 1) / n * payload_bytes  # ring all-reduce, or the two-stage reduce-scatter
+
+
+def message_rounds(collective: Collective | str, world_size: int) -> int:
+    """Return the sequential message rounds of ``collective`` over ``world_size`` ranks."""
+    n = world_size
+    if n < 2:
+        return 0
+    return n - 1 if Collective(collective) is Collective.ALLGATHER else 2 * (n - 1)
 
 
 def fp32_allreduce_bytes(raw_bytes: float, world_size: int) -> float:
@@ -165,10 +174,7 @@ def ring_traffic(
     n = len(group_ranks)
     if n < 2:
         return Traffic(0, 0, 0)
-    if kind is Collective.ALLGATHER:
-        sent, rounds = (n - 1) * nbytes, n - 1
-    else:
-        sent, rounds = round(2 * (n - 1) / n * nbytes), 2 * (n - 1)
+    sent, rounds = round(sent_bytes(kind, nbytes, n)), message_rounds(kind, n)
     successor = group_ranks[(me + 1) % n]
     remote = node_of[successor] != node_of[group_ranks[me]]
     return Traffic(sent, sent if remote else 0, rounds)

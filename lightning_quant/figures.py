@@ -30,7 +30,7 @@ class Figure:
 
     Attributes:
         name: as the hook reports it (loggers get ``comm/<name>``).
-        unit: ``"count"``, ``"bytes"``, ``"s"``, ``"bits"`` or ``"ratio"``.
+        unit: ``"count"``, ``"bytes"``, ``"s"``, ``"bits"``, ``"ratio"`` or ``"bytes/s"``.
         run: how a run's summary takes it: ``"total"``, ``"mean"``, or ``None``.
     """
 
@@ -55,6 +55,11 @@ STEP_FIGURES: tuple[Figure, ...] = (
     Figure("decode_s", "s", "mean"),
     Figure("step_s", "s", "mean"),  # the whole optimizer step (the strategy times it)
     Figure("bits", "bits"),  # this step's width
+    Figure("rel_error", "ratio", "mean"),  # estimated ||m^ - m||^2 / ||m||^2 of the mean
+    Figure("rel_variance", "ratio", "mean"),  # ||Q(v) - v||^2 / ||v||^2 of what was encoded
+    Figure("exact_rel_error", "ratio"),  # the same as rel_error, exact (check_error only)
+    Figure("fallbacks", "count", "total"),  # buckets moved wider or to fp32
+    Figure("link_bytes_per_s", "bytes/s"),  # the ranks' fitted link bandwidth (hooks/link.py)
 )
 STEP_METRICS = tuple(figure.name for figure in STEP_FIGURES)
 RUN_TOTALS = tuple(figure.name for figure in STEP_FIGURES if figure.run == "total")

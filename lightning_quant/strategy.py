@@ -32,8 +32,7 @@ from lightning_quant.hooks import (
     get_scheme,
     scheme_settings,
 )
-from lightning_quant.hooks.groups import node_mesh
-from lightning_quant.hooks.state import check_hierarchical, use_hierarchy
+from lightning_quant.hooks.groups import check_hierarchical, node_mesh, use_hierarchy
 from lightning_quant.hooks.stats import METRIC_PREFIX
 from lightning_quant.quantizers import Quantizer
 from lightning_quant.runstore.logger import CONFIG_KEY, RunStoreLogger
@@ -62,6 +61,13 @@ class QuantizedDDPStrategy(DDPStrategy):
         compress_1d: also quantize 1-D parameters (biases, norms); by default they go
             uncompressed, as in PowerSGD and CGX.
         start_step: send the first optimizer steps uncompressed (a warm-up).
+        fallback: send a bucket holding NaN or Inf on any rank as fp32 for that step, and
+            move a bucket whose measured relative variance exceeds ``max_rel_variance``
+            to a wider width or fp32 (:class:`QuantizedCommState`).
+        max_rel_variance: that budget (``None``: none, except ``auto``'s own default).
+        check_error: also reduce every bucket in fp32 to report the exact
+            ``comm/exact_rel_error`` beside the estimated ``comm/rel_error`` (one more
+            all-reduce per bucket, not counted).
         collective: ``"auto"`` or a collective the scheme declares (``"allgather"``,
             ``"reduce_scatter"``, ``"allreduce"``); ``auto`` sends the fewest bytes per
             rank: all-gather at 2 ranks, the re-quantizing reduce-scatter from 3 on.
@@ -99,6 +105,9 @@ class QuantizedDDPStrategy(DDPStrategy):
         min_compress_numel: int = DEFAULT_MIN_COMPRESS_NUMEL,
         compress_1d: bool = False,
         start_step: int = 0,
+        fallback: bool = True,
+        max_rel_variance: float | None = None,
+        check_error: bool = False,
         collective: str = AUTO,
         hierarchical: bool | str = AUTO,
         seed: int = 0,
@@ -119,6 +128,9 @@ class QuantizedDDPStrategy(DDPStrategy):
         self.min_compress_numel = min_compress_numel
         self.compress_1d = compress_1d
         self.start_step = start_step
+        self.fallback = fallback
+        self.max_rel_variance = max_rel_variance
+        self.check_error = check_error
         self.collective = collective
         self.hierarchical = hierarchical
         check_hierarchical(hierarchical)  # an unknown value fails now
@@ -152,6 +164,10 @@ class QuantizedDDPStrategy(DDPStrategy):
             "min_compress_numel": self.min_compress_numel,
             "compress_1d": self.compress_1d,
             "start_step": self.start_step,
+            "fallback": self.fallback,
+            # under auto, the configurations comm/choice/<bucket> indexes
+            "auto_candidates": state.auto.labels if state is not None and state.auto else None,
+            "max_rel_variance": self.max_rel_variance,
             "seed": self.seed,
             "world_size": self.world_size,
             "num_nodes": self.num_nodes,
@@ -203,6 +219,9 @@ class QuantizedDDPStrategy(DDPStrategy):
             min_compress_numel=self.min_compress_numel,
             compress_1d=self.compress_1d,
             start_step=self.start_step,
+            fallback=self.fallback,
+            max_rel_variance=self.max_rel_variance,
+            check_error=self.check_error,
             collective=self.collective,
             seed=self.seed,
             ranks_per_node=per_node,
@@ -250,14 +269,27 @@ class QuantizedDDPStrategy(DDPStrategy):
         current = self.comm_state.current
         current.step_s = now - (self._step_started or now)
         self._step_started = now
-        stats = current.as_dict()
+        stats = self.comm_state.compression_stats()
         self.stats_history.append(stats)
         assert self.lightning_module is not None
         trainer = self.lightning_module.trainer
         if self.is_global_zero:  # at the 0-based step Lightning logs the step's loss at
             metrics = {METRIC_PREFIX + name: float(stats[name]) for name in STEP_METRICS}
+            metrics.update(self._choice_metrics())
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=int(stats["step"]))
+
+    def _choice_metrics(self) -> dict[str, float]:
+        """Under ``auto``: ``comm/choice/<bucket>``, the position of each bucket's
+        configuration in the run's ``auto_candidates``."""
+        state = self.comm_state
+        if state is None or state.auto is None:
+            return {}
+        labels = state.auto.labels
+        return {
+            f"{METRIC_PREFIX}choice/{index}": float(labels.index(label) if label in labels else -1)
+            for index, label in state.choice_labels().items()
+        }
 
     def compression_stats(self) -> dict[str, float]:
         """Return the latest optimizer step's communication figures on this rank."""

@@ -84,6 +84,7 @@ class RunBase(SQLModel):
     total_payload_bytes: Count | None = Field(default=None, sa_type=BigInteger)  # encoded
     total_sent_bytes: Count | None = Field(default=None, sa_type=BigInteger)  # transmitted
     total_inter_node_bytes: Count | None = Field(default=None, sa_type=BigInteger)  # of those
+    total_fallbacks: Count | None = Field(default=None, sa_type=BigInteger)  # buckets moved
     # fp32 DDP's sent bytes at the same world size over total_sent_bytes (the library's
     # lightning_quant.figures.compression_ratio); computed when omitted
     compression_ratio: Ratio | None = None
@@ -91,6 +92,8 @@ class RunBase(SQLModel):
     mean_encode_s: Seconds | None = None
     mean_communicate_s: Seconds | None = None
     mean_decode_s: Seconds | None = None
+    mean_rel_error: Ratio | None = None  # estimated ||m^ - m||^2 / ||m||^2 per step
+    mean_rel_variance: Ratio | None = None  # ||Q(v) - v||^2 / ||v||^2 of what was encoded
     predicted_step_s: Seconds | None = None  # a performance model's prediction
     steps: Count | None = Field(default=None, sa_type=BigInteger)  # that reported figures
     wall_s: Seconds | None = None  # from the run's start to its end
@@ -194,11 +197,14 @@ class RunSortField(StrEnum):
     total_payload_bytes = "total_payload_bytes"
     total_sent_bytes = "total_sent_bytes"
     total_inter_node_bytes = "total_inter_node_bytes"
+    total_fallbacks = "total_fallbacks"
     compression_ratio = "compression_ratio"
     mean_step_s = "mean_step_s"
     mean_encode_s = "mean_encode_s"
     mean_communicate_s = "mean_communicate_s"
     mean_decode_s = "mean_decode_s"
+    mean_rel_error = "mean_rel_error"
+    mean_rel_variance = "mean_rel_variance"
     predicted_step_s = "predicted_step_s"
     steps = "steps"
     wall_s = "wall_s"
@@ -252,11 +258,14 @@ class RunSummary(SQLModel):
     total_payload_bytes: int | None
     total_sent_bytes: int | None
     total_inter_node_bytes: int | None
+    total_fallbacks: int | None
     compression_ratio: float | None
     mean_step_s: float | None
     mean_encode_s: float | None
     mean_communicate_s: float | None
     mean_decode_s: float | None
+    mean_rel_error: float | None
+    mean_rel_variance: float | None
     predicted_step_s: float | None
     steps: int | None
     wall_s: float | None

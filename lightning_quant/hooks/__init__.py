@@ -23,7 +23,7 @@ from typing import Any
 
 from torch.distributed import ProcessGroup
 
-from lightning_quant.hooks import peers  # noqa: F401 - registers PyTorch's hooks
+from lightning_quant.hooks import auto_scheme, peers  # noqa: F401 - register their schemes
 from lightning_quant.hooks.hook import quantized_hook
 from lightning_quant.hooks.schemes import (
     Scheme,

@@ -5,12 +5,23 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-__all__ = ["Group", "detect_ranks_per_node", "mesh_groups", "node_mesh", "world_group"]
+from lightning_quant.collectives import AUTO
+from lightning_quant.hooks.link import LinkFit
+
+__all__ = [
+    "Group",
+    "check_hierarchical",
+    "detect_ranks_per_node",
+    "mesh_groups",
+    "node_mesh",
+    "use_hierarchy",
+    "world_group",
+]
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +35,14 @@ class Group:
         ranks: its members as global ranks, in group-rank order.
         index: this rank's position in ``ranks``.
         node_of: the node of every global rank of the world.
+        link: the fit of its link, from the collectives launched on it.
     """
 
     process_group: dist.ProcessGroup | None
     ranks: tuple[int, ...]
     index: int
     node_of: tuple[int, ...]
+    link: LinkFit = field(default_factory=LinkFit, compare=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -107,3 +120,38 @@ def mesh_groups(mesh: DeviceMesh) -> tuple[Group, Group]:
         ranks = tuple(dist.get_process_group_ranks(process_group))
         groups.append(Group(process_group, ranks, dist.get_rank(process_group), node_of))
     return groups[0], groups[1]
+
+
+def check_hierarchical(hierarchical: bool | str) -> None:
+    """Raise ``ValueError`` unless ``hierarchical`` is ``True``, ``False`` or ``"auto"``."""
+    if hierarchical not in (True, False, AUTO):
+        raise ValueError(f"hierarchical must be True, False or 'auto', got {hierarchical!r}")
+
+
+def use_hierarchy(hierarchical: bool | str, world_size: int, ranks_per_node: int) -> bool:
+    """Resolve ``hierarchical`` (``True``, ``False`` or ``"auto"``) for this layout.
+
+    It is on when there are several nodes of several ranks each: ``"auto"`` turns it on
+    there, and ``True`` anywhere else is turned off with a warning (one node, or one rank
+    per node: the path would quantize through one-rank groups for nothing).
+
+    Raises:
+        ValueError: an unknown value, or ``True`` for a world that is not a whole number
+            of nodes of ``ranks_per_node`` ranks.
+    """
+    check_hierarchical(hierarchical)
+    fits = world_size % ranks_per_node == 0
+    if hierarchical is True and not fits:
+        raise ValueError(
+            f"a world of {world_size} ranks does not fit nodes of {ranks_per_node} ranks; "
+            "the hierarchical path needs every node to hold the same number of ranks"
+        )
+    useful = fits and ranks_per_node > 1 and world_size // ranks_per_node > 1
+    if hierarchical is True and not useful:
+        nodes = world_size // ranks_per_node
+        log.warning(
+            "hierarchical=True turned off: %d node(s) of %d rank(s) leave nothing to reduce "
+            "%s; using the flat path",
+            nodes, ranks_per_node, "between nodes" if nodes == 1 else "inside a node",
+        )  # fmt: skip
+    return useful if hierarchical in (True, AUTO) else False

@@ -2,26 +2,39 @@
 
 A bucket's parameters go compressed or not by the state's rule (small and 1-D tensors
 stay at full precision by default, as in PowerSGD and CGX). The uncompressed ones go as
-one fp32 all-reduce; the rest take the scheme's collective (or the hierarchical path).
-A bucket holding both launches the all-reduce first, then the compressed part's stages,
-all from hook bodies (:mod:`~lightning_quant.hooks.pipeline`).
+one fp32 all-reduce; the rest take the bucket's :class:`~lightning_quant.hooks.auto.Choice`
+(the scheme's collective, or the hierarchical path). A bucket holding both launches the
+all-reduce first, then the compressed part's stages, all from hook bodies
+(:mod:`~lightning_quant.hooks.pipeline`).
+
+With ``fallback`` on, a compressed bucket first agrees with the other ranks whether any
+of them holds a NaN or Inf (one ``allreduce(MAX)`` of a flag, its first stage): if so, the
+whole bucket goes as plain DDP's fp32 all-reduce that step, so mixed-precision loss
+scaling sees the overflow exactly as without compression.
 """
 
 # No ``from __future__ import annotations`` here: DDP checks the hook's annotations
 # against ``dist.GradBucket`` itself, and would find strings.
+import logging
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 from torch.futures import Future
 
 from lightning_quant.collectives import Collective
+from lightning_quant.hooks.auto import Choice
 from lightning_quant.hooks.feedback import Layout
 from lightning_quant.hooks.paths import PATHS, Job, hierarchical
-from lightning_quant.hooks.pipeline import Final, Stages, as_stages
-from lightning_quant.hooks.state import BucketPlan, QuantizedCommState
+from lightning_quant.hooks.pipeline import Final, Stages, all_reduce, as_stages
+from lightning_quant.hooks.plan import BucketPlan
+from lightning_quant.hooks.state import QuantizedCommState
 from lightning_quant.hooks.stats import StepStats
 from lightning_quant.quantizers import get_quantizer
 
 __all__ = ["quantized_hook"]
+
+log = logging.getLogger(__name__)
 
 _PLAIN = get_quantizer("fp32")  # what goes uncompressed
 
@@ -34,67 +47,123 @@ def quantized_hook(state: QuantizedCommState, bucket: dist.GradBucket) -> Future
     """
     stats = state.begin_bucket(bucket)
     tensor = bucket.buffer()
+    index = bucket.index()
     plan = state.plan(bucket)
     state.observe(tensor, plan)  # before the path overwrites it with the mean
+    exact = state.exact_mean(tensor) if state.check_error else None
     path: Stages | Final
     if state.warming_up or not plan.compresses_any:
-        stats.add(uncompressed_bytes=tensor.numel() * tensor.element_size())
         path = _plain(state, stats, plan.plain, tensor)
-    elif plan.mixed:
-        path = _split(state, stats, plan, tensor)
     else:
-        path = _compressed(state, stats, plan.compressed, tensor)
+        choice = state.choice(index, plan, tensor)
+        if choice.plain:
+            path = _plain(state, stats, plan.plain, tensor)
+        else:
+
+            def compressed() -> Stages | Final:
+                if plan.mixed:
+                    return _split(state, stats, plan, tensor, choice, index)
+                return _compressed(state, stats, plan.compressed, tensor, choice, index)
+
+            path = (
+                _guarded(state, stats, plan, tensor, compressed) if state.fallback else compressed()
+            )
     last = bucket.is_last()
     future = state.pipeline.run(path, tensor.device, last)
     if last:  # every rank has launched all of the step's other collectives
         state.end_step(stats)
-    return future
+    errors = state.errors
+
+    def measured(done: Future[torch.Tensor]) -> torch.Tensor:
+        mean = done.value()
+        errors.output(index, mean)
+        if exact is not None:
+            errors.exact(index, mean, exact)
+        return mean
+
+    return future.then(measured)
 
 
 def _job(
-    state: QuantizedCommState, stats: StepStats, layout: Layout, x: torch.Tensor, compressed: bool
+    state: QuantizedCommState,
+    stats: StepStats,
+    layout: Layout,
+    x: torch.Tensor,
+    choice: Choice | None,
+    index: int = 0,
 ) -> Job:
-    feedback = state.error_feedback and compressed
+    """A reduction of ``x`` under ``choice`` (``None``: uncompressed fp32)."""
+    quantizer = choice.quantizer if choice is not None else _PLAIN
+    feedback = state.error_feedback and quantizer.lossy
+    own = choice is not None and quantizer is state.quantizer  # a policy's width applies
     return Job(
         layout=layout,
-        quantizer=state.quantizer if compressed else _PLAIN,
-        bits=state.bits if compressed else None,
+        quantizer=quantizer,
+        bits=state.bits if own else None,
         stats=stats,
         generator=state.generator(x.device),
         worker_residuals=state.worker_residuals if feedback else None,
         owner_residuals=state.owner_residuals if feedback else None,
+        errors=state.errors.bucket(index) if choice is not None else None,
     )
 
 
 def _plain(state: QuantizedCommState, stats: StepStats, layout: Layout, x: torch.Tensor) -> Final:
     """One fp32 all-reduce over every rank, in place."""
-    job = _job(state, stats, layout, x, compressed=False)
+    stats.add(uncompressed_bytes=x.numel() * x.element_size())
+    job = _job(state, stats, layout, x, choice=None)
     return PATHS[Collective.ALLREDUCE](job, state.group, x, x, 0)  # type: ignore[return-value]
 
 
+def _guarded(
+    state: QuantizedCommState,
+    stats: StepStats,
+    plan: BucketPlan,
+    tensor: torch.Tensor,
+    compressed: Callable[[], Stages | Final],
+) -> Stages:
+    """Agree whether any rank's bucket is non-finite; if so send it all as fp32 this step."""
+    flag = (~torch.isfinite(tensor)).any().to(torch.int32).reshape(1)
+    yield all_reduce(stats, state.group, flag, dist.ReduceOp.MAX)
+    if int(flag):
+        stats.add(fallbacks=1)
+        log.warning("step %d: a bucket holds NaN or Inf on some rank; sent as fp32", state.step)
+        return (yield from as_stages(_plain(state, stats, plan.plain, tensor)))
+    return (yield from as_stages(compressed()))
+
+
 def _compressed(
-    state: QuantizedCommState, stats: StepStats, layout: Layout, x: torch.Tensor
+    state: QuantizedCommState,
+    stats: StepStats,
+    layout: Layout,
+    x: torch.Tensor,
+    choice: Choice,
+    index: int,
 ) -> Stages | Final:
-    """The scheme's path for ``x``, in place: flat, or hierarchical over the node mesh."""
-    job = _job(state, stats, layout, x, compressed=True)
+    """The choice's path for ``x``, in place: flat, or hierarchical over the node mesh."""
+    job = _job(state, stats, layout, x, choice, index)
     if state.local_group is not None and state.node_group is not None:
         return hierarchical(
-            job, state.local_group, state.node_group, state.collective, state.intra_dtype, x, x
+            job, state.local_group, state.node_group, choice.collective, state.intra_dtype, x, x
         )
-    return PATHS[state.collective](job, state.group, x, x, 0)
+    return PATHS[choice.collective](job, state.group, x, x, 0)
 
 
 def _split(
-    state: QuantizedCommState, stats: StepStats, plan: BucketPlan, tensor: torch.Tensor
+    state: QuantizedCommState,
+    stats: StepStats,
+    plan: BucketPlan,
+    tensor: torch.Tensor,
+    choice: Choice,
+    index: int,
 ) -> Stages:
     """A bucket of both kinds: the plain part's all-reduce, then the compressed part's
     stages; both write back into the bucket at the end."""
     runs = {kind: [(a, b) for a, b, k in plan.runs if k is kind] for kind in (True, False)}
     parts = {kind: torch.cat([tensor[a:b] for a, b in runs[kind]]) for kind in runs}
-    plain = parts[False]
-    stats.add(uncompressed_bytes=plain.numel() * plain.element_size())
-    plain_work, plain_finish = _plain(state, stats, plan.plain, plain)
-    work, finish = yield from as_stages(_compressed(state, stats, plan.compressed, parts[True]))
+    plain_work, plain_finish = _plain(state, stats, plan.plain, parts[False])
+    compressed = _compressed(state, stats, plan.compressed, parts[True], choice, index)
+    work, finish = yield from as_stages(compressed)
     yield plain_work
     plain_finish()
 

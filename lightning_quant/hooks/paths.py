@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_quant.collectives import Collective
+from lightning_quant.hooks.errors import ErrorSums
 from lightning_quant.hooks.feedback import Layout, ResidualMemory
 from lightning_quant.hooks.groups import Group
 from lightning_quant.hooks.pipeline import (
@@ -81,6 +82,7 @@ class Job:
     generator: torch.Generator
     worker_residuals: ResidualMemory | None  # None: no error feedback
     owner_residuals: ResidualMemory | None
+    errors: ErrorSums | None = None  # None: errors not measured
 
     def timed(self, name: str) -> AbstractContextManager[None]:
         """Time a codec stage on the bucket's device (CUDA events there)."""
@@ -104,30 +106,34 @@ class Job:
             target = self.with_residual(memory, x, start)
         return target, shared_scale(self, group, target)
 
-    def feed_back(
-        self,
-        memory: ResidualMemory | None,
-        target: torch.Tensor,
-        fresh: torch.Tensor,
-        payloads: list[Payload],
-        start: int,
-    ) -> list[Payload]:
-        """With error feedback (a ``memory``), contract ``payloads`` (consecutive pieces of
-        ``target``, which is ``fresh`` plus the residual carried in;
-        :meth:`Quantizer.contract`) and store in ``memory`` what they lose; without,
-        return them as they are."""
-        if memory is None:
+    def finalize(
+        self, memory: ResidualMemory | None, target: torch.Tensor, fresh: torch.Tensor,
+        payloads: list[Payload], start: int, weight: float,
+    ) -> list[Payload]:  # fmt: skip
+        """Settle ``payloads``, consecutive pieces of ``target`` (``fresh`` plus the residual
+        carried in), before they are sent: with error feedback (a ``memory``) contract them
+        (:meth:`Quantizer.contract`) and store what they lose; with error sums, add their
+        errors, ``weight`` their share in the mean's (:mod:`~lightning_quant.hooks.errors`).
+        """
+        if memory is None and self.errors is None:
             return payloads
         fitted, sent, offset = [], [], 0
         for payload in payloads:
             piece = slice(offset, offset + payload.numel)
-            contracted, decoded = self.quantizer.contract(
-                payload, target.reshape(-1)[piece], fresh.reshape(-1)[piece]
-            )
-            fitted.append(contracted)
+            if memory is not None:
+                payload, decoded = self.quantizer.contract(
+                    payload, target.reshape(-1)[piece], fresh.reshape(-1)[piece]
+                )
+            else:
+                decoded = self.quantizer.decode(payload).reshape(-1).float()
+            fitted.append(payload)
             sent.append(decoded)
             offset += payload.numel
-        memory.store(self.layout, target.reshape(-1).float() - torch.cat(sent), start)
+        decoded = torch.cat(sent)
+        if memory is not None:
+            memory.store(self.layout, target.reshape(-1).float() - decoded, start)
+        if self.errors is not None:
+            self.errors.add(decoded, target, fresh, weight)
         return fitted
 
 
@@ -176,6 +182,9 @@ def allreduce(job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start:
     factor: torch.Tensor | None = None
     with job.timed("encode_s"):
         payload = q.encode_summable(target, job.generator, world_size=group.size, scale=scale)
+        if job.errors is not None:
+            mine = q.decode_own(payload, group.size).reshape(-1).float()
+            job.errors.add(mine, target, x, 1 / group.size**2)
         if job.worker_residuals is not None:
             own = q.decode(payload).reshape(-1).float()
             allowed = RESIDUAL_BOUND**2 * x.float().pow(2).sum().reshape(1)
@@ -206,7 +215,9 @@ def allgather(job: Job, group: Group, x: torch.Tensor, out: torch.Tensor, start:
     target, scale = job.target(group, job.worker_residuals, x, start)
     with job.timed("encode_s"):
         encoded = [job.encode(target, scale)]
-        (payload,) = job.feed_back(job.worker_residuals, target, x, encoded, start)
+        (payload,) = job.finalize(
+            job.worker_residuals, target, x, encoded, start, 1 / group.size**2
+        )
         wire = payload.to_wire()
     if payload.coding == "entropy":
         wire = yield from _padded_to_the_largest(job, group, wire)
@@ -238,7 +249,7 @@ def reduce_scatter_path(
     target, scale = job.target(group, job.worker_residuals, x, start)
     with job.timed("encode_s"):
         payloads = [job.encode(target[a:b], scale) for a, b in bounds]
-        payloads = job.feed_back(job.worker_residuals, target, x, payloads, start)
+        payloads = job.finalize(job.worker_residuals, target, x, payloads, start, 1 / group.size**2)
         send = torch.cat([p.to_wire() for p in payloads])
     mine = payloads[me]
     sizes = [p.nbytes for p in payloads]
@@ -262,8 +273,8 @@ def reduce_scatter_path(
         )
     with job.timed("encode_s"):
         owned = job.with_residual(job.owner_residuals, mean, start + a)
-        (reencoded,) = job.feed_back(
-            job.owner_residuals, owned, mean, [job.encode(owned, scale)], start + a
+        (reencoded,) = job.finalize(
+            job.owner_residuals, owned, mean, [job.encode(owned, scale)], start + a, 1.0
         )
         wire = reencoded.to_wire()
     if coded:

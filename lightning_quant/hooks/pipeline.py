@@ -20,7 +20,8 @@ A single-stage path simply returns ``(work, finish)`` without yielding.
 The launch helpers (:func:`all_reduce`, :func:`all_gather`, :func:`all_to_all`) add to
 the step's statistics the bytes the collective's algorithm makes this rank send
 (:mod:`lightning_quant.collectives`), how many left its node, and, from a callback, the
-seconds until it completed.
+seconds until it completed; the group's link fit (:mod:`~lightning_quant.hooks.link`)
+learns from the same figures.
 """
 
 from __future__ import annotations
@@ -63,10 +64,10 @@ def as_stages(path: Stages | Final) -> Stages:
 
 
 def _launched(
-    stats: StepStats, work: dist.Work | None, traffic: Traffic, payload: int
+    stats: StepStats, group: Group, work: dist.Work | None, traffic: Traffic, payload: int
 ) -> dist.Work:
     assert work is not None
-    start = time.perf_counter()
+    start = group.link.launched()
     stats.add(
         payload_bytes=payload,
         sent_bytes=traffic.sent,
@@ -74,7 +75,12 @@ def _launched(
         collectives=1,
         rounds=traffic.rounds,
     )
-    work.get_future().then(lambda _: stats.add(communicate_s=time.perf_counter() - start))
+
+    def completed(_: Future[Any]) -> None:
+        stats.add(communicate_s=time.perf_counter() - start)
+        group.link.completed(start, traffic.sent, traffic.rounds)
+
+    work.get_future().then(completed)
     return work
 
 
@@ -90,7 +96,7 @@ def all_reduce(
     traffic = ring_traffic(
         Collective.ALLREDUCE, _nbytes(tensor), group.ranks, group.index, group.node_of
     )
-    return _launched(stats, work, traffic, _nbytes(tensor))
+    return _launched(stats, group, work, traffic, _nbytes(tensor))
 
 
 def all_gather(
@@ -101,7 +107,7 @@ def all_gather(
     traffic = ring_traffic(
         Collective.ALLGATHER, _nbytes(tensor), group.ranks, group.index, group.node_of
     )
-    return _launched(stats, work, traffic, _nbytes(tensor))
+    return _launched(stats, group, work, traffic, _nbytes(tensor))
 
 
 def all_to_all(
@@ -124,7 +130,7 @@ def all_to_all(
     size = tensor.element_size()
     splits = [count * size for count in input_splits]
     traffic = all_to_all_traffic(splits, group.ranks, group.index, group.node_of)
-    return _launched(stats, work, traffic, _nbytes(tensor))
+    return _launched(stats, group, work, traffic, _nbytes(tensor))
 
 
 # --- the pipeline ------------------------------------------------------------------------

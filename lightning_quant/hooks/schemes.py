@@ -57,10 +57,12 @@ class Scheme(ABC):
         ddp_settings: what DDP must be given for it (PowerSGD on gloo: one bucket).
         hides_codec: whether its codec runs inside one opaque call (PyTorch's hooks), so
             its time cannot be told apart from communication's.
+        per_bucket: whether it chooses each bucket's collective itself (``auto``).
     """
 
     name: str
     hierarchical: ClassVar[bool] = True
+    per_bucket: ClassVar[bool] = False
     hides_codec: ClassVar[bool] = False
     ddp_settings: Mapping[str, Any] = {}
 

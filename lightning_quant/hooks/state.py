@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,25 +13,30 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from lightning_quant.collectives import AUTO, Collective, choose_collective
-from lightning_quant.hooks.feedback import Layout, ResidualMemory
+from lightning_quant.hooks.auto import (
+    DEFAULT_MAX_REL_VARIANCE,
+    AutoChooser,
+    AutoConfig,
+    Choice,
+    over_budget,
+)
+from lightning_quant.hooks.errors import StepErrors, step_errors
+from lightning_quant.hooks.feedback import ResidualMemory
 from lightning_quant.hooks.groups import (
     Group,
     detect_ranks_per_node,
     mesh_groups,
     node_mesh,
+    use_hierarchy,
     world_group,
 )
+from lightning_quant.hooks.link import LinkModel
 from lightning_quant.hooks.pipeline import Pipeline, all_reduce
+from lightning_quant.hooks.plan import BucketPlan
 from lightning_quant.hooks.stats import StepStats
 from lightning_quant.quantizers import Quantizer, get_quantizer
 
-__all__ = [
-    "DEFAULT_MIN_COMPRESS_NUMEL",
-    "BucketPlan",
-    "QuantizedCommState",
-    "check_hierarchical",
-    "use_hierarchy",
-]
+__all__ = ["DEFAULT_MIN_COMPRESS_NUMEL", "QuantizedCommState"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,19 @@ class QuantizedCommState:
             hierarchical path; built from ``ranks_per_node`` when not given (collectively:
             every rank must construct its state).
         intra_dtype: the float dtype the hierarchical path reduces in inside a node.
+        max_rel_variance: the budget of a bucket's measured relative variance
+            ``||Q(v)-v||^2/||v||^2``: a bucket over it goes to a wider width, or fp32, from
+            the next step on (:func:`~lightning_quant.hooks.auto.wider`). ``None``: no
+            budget (``auto`` defaults it to
+            :data:`~lightning_quant.hooks.auto.DEFAULT_MAX_REL_VARIANCE`).
+        fallback: send a bucket holding NaN or Inf on any rank as fp32 for that step, and
+            apply ``max_rel_variance``; ``False`` turns both off.
+        check_error: also all-reduce every bucket in fp32 (one more collective per bucket,
+            not counted in the figures) and report the exact ``exact_rel_error`` beside
+            the estimate ``rel_error``.
+        auto: settings of ``quantizer="auto"`` (then ``quantizer`` is where buckets start),
+            which chooses each bucket's configuration
+            (:class:`~lightning_quant.hooks.auto.AutoChooser`).
     """
 
     def __init__(
@@ -85,6 +102,10 @@ class QuantizedCommState:
         hierarchical: bool | str = AUTO,
         mesh: DeviceMesh | None = None,
         intra_dtype: torch.dtype = torch.float32,
+        max_rel_variance: float | None = None,
+        fallback: bool = True,
+        check_error: bool = False,
+        auto: AutoConfig | None = None,
         **quantizer_config: Any,
     ) -> None:
         # settings
@@ -100,8 +121,13 @@ class QuantizedCommState:
             ranks_per_node = detect_ranks_per_node(process_group)
         if ranks_per_node < 1:
             raise ValueError(f"ranks_per_node must be >= 1, got {ranks_per_node}")
+        if max_rel_variance is not None and not max_rel_variance > 0:
+            raise ValueError(f"max_rel_variance must be > 0, got {max_rel_variance}")
         self.quantizer = quantizer
-        self.error_feedback = error_feedback and quantizer.lossy
+        self.error_feedback = error_feedback and (quantizer.lossy or auto is not None)
+        self.max_rel_variance = max_rel_variance
+        self.fallback = fallback
+        self.check_error = check_error
         self.min_compress_numel = min_compress_numel
         self.compress_1d = compress_1d
         self.start_step = start_step
@@ -119,15 +145,12 @@ class QuantizedCommState:
                 mesh = node_mesh(ranks_per_node, "cuda" if backend == "nccl" else "cpu")
             self.local_group, self.node_group = mesh_groups(mesh)
         # the quantized collective runs among one rank per node on the hierarchical path
-        reducing = self.node_group or self.group
+        reducing = self.reducing
         quantizer.check_collective(collective)
         self.collective = choose_collective(
-            quantizer.name,
-            quantizer.reducible_with(),
-            collective,
-            reducing.size,
+            quantizer.name, quantizer.reducible_with(), collective, reducing.size,
             quantizer.allreduce_limit(),
-        )
+        )  # fmt: skip
         quantizer.check_reduction(reducing.size, self.collective)
         # internal state
         self.step = 0
@@ -141,8 +164,15 @@ class QuantizedCommState:
         self._generators: dict[torch.device, torch.Generator] = {}
         self.pipeline = Pipeline()  # buckets whose later stages wait for a hook body
         self._world_checked = False
+        self.default_choice = Choice(quantizer, self.collective)
+        self.choices: dict[int, Choice] = {}  # by bucket: fallbacks and auto's decisions
+        self.auto_config = auto
+        self.auto: AutoChooser | None = None  # built on the first bucket's device
+        self.agreed_link: LinkModel | None = None  # the ranks' mean fit, after each step
+        self._shared: tuple[dist.Work, torch.Tensor, StepErrors, StepStats] | None = None
         # statistics
         self.current = StepStats(world_size=self.group.size)
+        self.errors = StepErrors()  # the current step's, by bucket
 
     @property
     def rank(self) -> int:
@@ -151,6 +181,11 @@ class QuantizedCommState:
     @property
     def world_size(self) -> int:
         return self.group.size
+
+    @property
+    def reducing(self) -> Group:
+        """The group the quantized collectives run in (one rank per node, hierarchically)."""
+        return self.node_group or self.group
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -173,6 +208,7 @@ class QuantizedCommState:
             device = param.device
         if device is not None:  # compile the codec now, not inside the first timed step
             self.quantizer.warm_up(device)
+            self._auto_on(device)
         return self
 
     def check_world(self, world_size: int) -> None:
@@ -220,19 +256,43 @@ class QuantizedCommState:
     # --- per-step bookkeeping --------------------------------------------------------------
 
     def begin_bucket(self, bucket: dist.GradBucket) -> StepStats:
-        """Count the bucket; at bucket 0 open a new step and take its width."""
+        """Count the bucket; at bucket 0 settle the last step and open a new one."""
         if bucket.index() == 0:
             if not self._world_checked:
                 size = dist.get_world_size(self.group.process_group) if dist.is_initialized() else 1
                 self.check_world(size)
                 self._world_checked = True
+            self.settle_errors()
             if self.current.buckets:
                 self.step += 1
             self.bits = self.policy.begin_step() if self.policy else self.quantizer.bits
             self.current = StepStats(step=self.step, world_size=self.world_size, bits=self.bits)
+            self.errors = StepErrors()
         tensor = bucket.buffer()
         self.current.add(buckets=1, raw_bytes=tensor.numel() * tensor.element_size())
         return self.current
+
+    def choice(self, index: int, plan: BucketPlan, tensor: torch.Tensor) -> Choice:
+        """Return how bucket ``index`` goes this step (``auto`` decides here when due)."""
+        self._auto_on(tensor.device)
+        if self.auto is not None and self.auto.due(self.step):
+            values = torch.cat([tensor[a:b] for a, b, kind in plan.runs if kind])
+            generator, group = self.generator(tensor.device), self.reducing
+            decide = self.auto.decide
+            self.choices[index] = decide(self.step, index, values, group, generator, self.current)
+        return self.choices.get(index, self.default_choice)
+
+    def _auto_on(self, device: torch.device) -> None:
+        if self.auto_config is not None and self.auto is None:
+            budget = self.max_rel_variance or DEFAULT_MAX_REL_VARIANCE
+            self.auto = AutoChooser(self.auto_config, budget, self.reducing.size, device)
+
+    def exact_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Return the exact fp32 mean of ``tensor`` over the group (``check_error``)."""
+        exact = tensor.detach().float().clone()
+        if dist.is_initialized() and self.world_size > 1:
+            dist.all_reduce(exact, group=self.group.process_group)
+        return exact.div_(self.world_size)
 
     def observe(self, tensor: torch.Tensor, plan: BucketPlan) -> None:
         """Show the scheme's step policy, if any, the elements of ``tensor`` it compresses."""
@@ -242,13 +302,40 @@ class QuantizedCommState:
                     self.policy.observe(tensor[start:end])
 
     def end_step(self, stats: StepStats) -> None:
-        """After the step's last collective is launched, let the policy share what it needs.
+        """After the step's last collective is launched, share what the step measured.
 
-        Its sums are one more all-reduce per step, launched after every other collective of
-        the step (so in the same order on every rank) and read at the next step's start.
+        The policy's sums, then the buckets' error sums and link fits
+        (:mod:`~lightning_quant.hooks.errors`): one all-reduce each, launched after every
+        other collective of the step (so in the same order on every rank) and read when
+        the step's figures are, or at the next step's start.
         """
         if self.policy is not None:
             self.policy.end_step(functools.partial(self._mean_over_ranks, stats))
+        if not self.errors.encoded and self.auto is None:
+            return  # all of it went as fp32 (the same on every rank): nothing to share
+        device = next(iter(self._generators), torch.device("cpu"))
+        shared = self.errors.shared(stats.buckets, self.reducing.link.model(), device)
+        self._shared = (all_reduce(stats, self.group, shared), shared, self.errors, stats)
+
+    def settle_errors(self) -> None:
+        """Read the last step's shared errors: its figures, the agreed link, and the
+        fallbacks of buckets over budget (the same on every rank)."""
+        if self._shared is None:
+            return
+        work, shared, errors, stats = self._shared
+        self._shared = None
+        work.wait()
+        buckets, self.agreed_link = errors.agreed(shared)
+        stats.rel_error, stats.rel_variance = step_errors(buckets)
+        stats.exact_rel_error = errors.exact_rel_error() or 0.0
+        stats.link_bytes_per_s = self.agreed_link.bytes_per_s if self.agreed_link else 0.0
+        if self.auto is not None:
+            self.auto.watch(stats.step, self.agreed_link)
+        if self.fallback and self.max_rel_variance is not None:
+            stats.fallbacks += over_budget(
+                buckets, self.choices, self.default_choice, self.max_rel_variance,
+                self.reducing.size, self.policy is not None, stats.step,
+            )  # fmt: skip
 
     def _mean_over_ranks(
         self, stats: StepStats, tensor: torch.Tensor
@@ -263,7 +350,13 @@ class QuantizedCommState:
 
     def compression_stats(self) -> dict[str, float]:
         """Return the figures of the latest step (complete once its backward has finished)."""
+        self.settle_errors()
         return self.current.as_dict()
+
+    def choice_labels(self) -> dict[int, str]:
+        """Return each bucket's configuration this step, by bucket index."""
+        buckets = range(self.current.buckets)
+        return {i: self.choices.get(i, self.default_choice).label for i in buckets}
 
     # --- checkpointing ---------------------------------------------------------------------
 
@@ -280,6 +373,7 @@ class QuantizedCommState:
             "residuals": self.worker_residuals.state_dict(),
             "owner_residuals": self.owner_residuals.state_dict(),
             "generators": {str(d): g.get_state() for d, g in self._generators.items()},
+            "choices": {i: c.state_dict() for i, c in self.choices.items()},  # by bucket
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -299,95 +393,8 @@ class QuantizedCommState:
             self.policy.load_state_dict(state["policy"])
         for name, gen_state in state.get("generators", {}).items():
             self.generator(torch.device(name)).set_state(gen_state)
-        self.worker_residuals.load_state_dict(state.get("residuals", {}) if same_layout else {})
-        self.owner_residuals.load_state_dict(
-            state.get("owner_residuals", {}) if same_layout else {}
-        )
+        kept = state if same_layout else {}  # and the buckets' choices, by index
+        self.worker_residuals.load_state_dict(kept.get("residuals", {}))
+        self.owner_residuals.load_state_dict(kept.get("owner_residuals", {}))
+        self.choices = {int(i): Choice.from_state(c) for i, c in kept.get("choices", {}).items()}
         self.current = StepStats(step=self.step, world_size=self.world_size)
-
-
-def check_hierarchical(hierarchical: bool | str) -> None:
-    """Raise ``ValueError`` unless ``hierarchical`` is ``True``, ``False`` or ``"auto"``."""
-    if hierarchical not in (True, False, AUTO):
-        raise ValueError(f"hierarchical must be True, False or 'auto', got {hierarchical!r}")
-
-
-def use_hierarchy(hierarchical: bool | str, world_size: int, ranks_per_node: int) -> bool:
-    """Resolve ``hierarchical`` (``True``, ``False`` or ``"auto"``) for this layout.
-
-    It is on when there are several nodes of several ranks each: ``"auto"`` turns it on
-    there, and ``True`` anywhere else is turned off with a warning (one node, or one rank
-    per node: the path would quantize through one-rank groups for nothing).
-
-    Raises:
-        ValueError: an unknown value, or ``True`` for a world that is not a whole number
-            of nodes of ``ranks_per_node`` ranks.
-    """
-    check_hierarchical(hierarchical)
-    fits = world_size % ranks_per_node == 0
-    if hierarchical is True and not fits:
-        raise ValueError(
-            f"a world of {world_size} ranks does not fit nodes of {ranks_per_node} ranks; "
-            "the hierarchical path needs every node to hold the same number of ranks"
-        )
-    useful = fits and ranks_per_node > 1 and world_size // ranks_per_node > 1
-    if hierarchical is True and not useful:
-        nodes = world_size // ranks_per_node
-        log.warning(
-            "hierarchical=True turned off: %d node(s) of %d rank(s) leave nothing to reduce "
-            "%s; using the flat path",
-            nodes, ranks_per_node, "between nodes" if nodes == 1 else "inside a node",
-        )  # fmt: skip
-    return useful if hierarchical in (True, AUTO) else False
-
-
-@dataclass(frozen=True)
-class BucketPlan:
-    """Which elements of a DDP bucket go compressed, by parameter.
-
-    Attributes:
-        ids: ``id`` of each parameter, in bucket order (to notice a new layout).
-        runs: ``(start, end, compressed)`` runs of consecutive elements.
-        compressed: the layout of the compressed parameters, packed one after the other.
-        plain: the layout of the rest.
-    """
-
-    ids: tuple[int, ...]
-    runs: tuple[tuple[int, int, bool], ...]
-    compressed: Layout
-    plain: Layout
-
-    @classmethod
-    def of(
-        cls,
-        index: int,
-        params: list[torch.Tensor],
-        names: dict[int, str],
-        compresses: Callable[[torch.Tensor], bool],
-    ) -> BucketPlan:
-        runs: list[tuple[int, int, bool]] = []
-        groups: dict[bool, list[tuple[str, int]]] = {True: [], False: []}
-        offset = 0
-        for param in params:
-            kind = compresses(param)
-            groups[kind].append((names.get(id(param), f"param@{id(param)}"), param.numel()))
-            end = offset + param.numel()
-            if runs and runs[-1][2] == kind:
-                runs[-1] = (runs[-1][0], end, kind)
-            else:
-                runs.append((offset, end, kind))
-            offset = end
-
-        def layout(kind: bool) -> Layout:
-            keys, sizes = zip(*groups[kind], strict=True) if groups[kind] else ((), ())
-            return Layout(index, tuple(keys), tuple(sizes))
-
-        return cls(tuple(id(p) for p in params), tuple(runs), layout(True), layout(False))
-
-    @property
-    def mixed(self) -> bool:
-        return len({kind for _, _, kind in self.runs}) > 1
-
-    @property
-    def compresses_any(self) -> bool:
-        return any(kind for _, _, kind in self.runs)

@@ -32,6 +32,9 @@ class StepStats:
         collectives / rounds: collectives launched, and their sequential message rounds.
         encode_s / decode_s: codec time; on CUDA, measured on the device between CUDA
             events and read when the figures are (:meth:`as_dict`), so the hook never waits.
+        rel_error / rel_variance / exact_rel_error / fallbacks: the step's compression
+            error (:mod:`~lightning_quant.hooks.errors`), filled in when the ranks' error
+            sums arrive (``QuantizedCommState.compression_stats``).
     """
 
     step: int = 0
@@ -48,6 +51,11 @@ class StepStats:
     decode_s: float = 0.0
     step_s: float = 0.0  # the whole optimizer step, timed by the strategy (0 in plain DDP)
     bits: int = 0
+    rel_error: float = 0.0  # estimated ||m^ - m||^2 / ||m||^2 (hooks/errors.py)
+    rel_variance: float = 0.0  # measured ||Q(v) - v||^2 / ||v||^2 of what was encoded
+    exact_rel_error: float = 0.0  # against an fp32 all-reduce, with check_error
+    fallbacks: int = 0  # buckets sent wider or as fp32 (NaN/Inf, or over budget)
+    link_bytes_per_s: float = 0.0  # the ranks' mean fitted bandwidth (0: not fitted yet)
     world_size: int = 1
     # future callbacks run on gloo/NCCL threads, possibly two at once
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -251,6 +251,10 @@ class Quantizer(ABC):
         """Return the tensor of ``payload`` that a SUM all-reduce adds up."""
         raise NotImplementedError(f"{self.name} payloads do not sum")
 
+    def decode_own(self, payload: Payload, world_size: int) -> torch.Tensor:
+        """Decode one rank's :meth:`encode_summable` payload in the gradient's own units."""
+        return self.decode(payload)
+
     def decode_sum(
         self, payload: Payload, summed: torch.Tensor, world_size: int, out: torch.Tensor
     ) -> torch.Tensor:

@@ -88,6 +88,10 @@ class FloatQuantizer(Quantizer):
     def summable(self, payload: Payload) -> torch.Tensor:
         return payload.data.view(self.wire_dtype)
 
+    def decode_own(self, payload: Payload, world_size: int) -> torch.Tensor:
+        values = self.decode(payload)
+        return values * world_size if self.wire_dtype == torch.float16 else values
+
     def decode_sum(
         self, payload: Payload, summed: torch.Tensor, world_size: int, out: torch.Tensor
     ) -> torch.Tensor:

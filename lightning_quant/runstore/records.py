@@ -56,11 +56,14 @@ class RunRecord:
     total_payload_bytes: int | None = None
     total_sent_bytes: int | None = None
     total_inter_node_bytes: int | None = None
+    total_fallbacks: int | None = None
     compression_ratio: float | None = None
     mean_step_s: float | None = None
     mean_encode_s: float | None = None
     mean_communicate_s: float | None = None
     mean_decode_s: float | None = None
+    mean_rel_error: float | None = None
+    mean_rel_variance: float | None = None
     predicted_step_s: float | None = None
     steps: int | None = None
     wall_s: float | None = None

@@ -9,6 +9,7 @@ from lightning_quant.collectives import Collective
 from lightning_quant.hooks import QuantizedCommState, make_comm_hook
 from lightning_quant.hooks import get_scheme as make_peer
 from lightning_quant.quantizers.bucketed import BucketedQuantizer
+from tests.utils.overhead import ring, step_overhead
 from tests.utils.ranks import run_ranks
 from tests.utils.schemes import (
     PEERS,
@@ -23,11 +24,6 @@ from tests.utils.schemes import (
 WORKERS = "tests.lightning_quant.ddp_workers"
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def ring(nbytes: int, n: int) -> int:
-    """What a ring all-reduce of ``nbytes`` makes one of ``n`` ranks send."""
-    return round(2 * (n - 1) / n * nbytes)
 
 
 def settings_of(scheme: str) -> dict:
@@ -49,6 +45,9 @@ def expected_bytes(
     rest, packed one after the other, through the scheme: a shared scale first (one
     4-byte MAX all-reduce), then its lanes summed, or its payloads gathered.
     """
+    if make(scheme).name == "fp32":  # plain DDP: the whole bucket in one all-reduce
+        size = 4 * sum(k for k, _ in shapes)
+        return size, ring(size, n), size
     plain = sum(k for k, dim in shapes if k < min_numel or dim == 1)
     packed = sum(k for k, _ in shapes) - plain
     payload, sent = (4 * plain, ring(4 * plain, n)) if plain else (0, 0)
@@ -65,6 +64,12 @@ def expected_bytes(
         return payload + lanes, sent + ring(lanes, n), 4 * plain
     size = q.wire_nbytes(packed, bits=bits)
     return payload + size, sent + (n - 1) * size, 4 * plain
+
+
+def compresses(scheme: str, shapes: list[tuple[int, int]], min_numel: int) -> bool:
+    """Whether a bucket goes through the scheme (and its NaN guard), not all as fp32."""
+    packed = any(k >= min_numel and dim > 1 for k, dim in shapes)
+    return packed and make(scheme).name != "fp32"
 
 
 @pytest.mark.parametrize(
@@ -100,6 +105,8 @@ def test_training_keeps_ranks_identical_and_counts_real_bytes(
     for stats, numels, shapes in zip(first["stats"], first["numels"], first["shapes"], strict=True):
         sizes = [expected_bytes(scheme, s, 64, stats["bits"], n) for s in shapes]
         sizes += [(4, ring(4, n), 0)] if shares_a_norm else []
+        guarded = sum(1 for s in shapes if compresses(scheme, s, 64))
+        sizes += [(p, s, 0) for p, s in step_overhead(guarded, len(shapes), n)]
         assert stats["payload_bytes"] == sum(payload for payload, _, _ in sizes)
         assert stats["sent_bytes"] == sum(sent for _, sent, _ in sizes)
         assert stats["uncompressed_bytes"] == sum(plain for _, _, plain in sizes) > 0

@@ -12,7 +12,7 @@ import pytest
 
 from lightning_quant import QuantizedDDPStrategy
 from lightning_quant.collectives import Collective
-from lightning_quant.hooks.state import use_hierarchy
+from lightning_quant.hooks.groups import use_hierarchy
 from lightning_quant.quantizers import DQSGDPolicy, get_quantizer
 from tests.utils.ranks import run_ranks
 

@@ -237,3 +237,25 @@ def test_the_library_never_imports_the_api_the_dashboard_or_the_benchmarks() -> 
         text = path.read_text()
         for started in ("api.main", "dashboard.app", "benchmarks.sweep", "uvicorn"):
             assert started not in text, (path, started)
+
+
+def test_an_auto_run_stores_its_choices_and_its_error(api_server, tmp_path) -> None:
+    settings = {"probe_steps": 1, "redecide_every": 4, "widths": [2, 4, 8]}
+    results = run_ranks(
+        FIT, 2, tmp_path, scheme="auto", epochs=1, many_buckets=True,
+        report_to=api_server.base_url, store_logger=False, quantizer_config=settings,
+    )  # fmt: skip
+    stats = results[0]["stats"]
+    with api_server.client() as http:
+        run = http.get("/runs").json()["data"][0]
+        candidates = run["strategy_config"]["auto_candidates"]
+        assert run["scheme"] == "auto" and candidates[0] == "fp32" and len(candidates) > 10
+        assert run["mean_rel_error"] == pytest.approx(
+            sum(s["rel_error"] for s in stats) / len(stats)
+        )
+        assert run["total_fallbacks"] == sum(s["fallbacks"] for s in stats)
+        metrics = http.get(f"/runs/{run['id']}/metrics").json()["data"]
+    choices = [m for m in metrics if m["name"].startswith("comm/choice/")]
+    assert choices and all(0 <= m["value"] < len(candidates) for m in choices)
+    steps = {m["step"] for m in choices}
+    assert steps == {m["step"] for m in metrics if m["name"] == "comm/rel_error"}

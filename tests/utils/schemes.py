@@ -54,7 +54,8 @@ FLOATS = [name for name in ALL if not make(name).lossy]
 SHARED_SCALE = [name for name in ALL if make(name).shared_scale]
 BUCKETED = [name for name in ALL if isinstance(make(name), BucketedQuantizer)]
 SCATTERING = [n for n in STOCHASTIC if Collective.REDUCE_SCATTER in make(n).collectives]
-PEERS = [name for name in available_schemes() if name not in QUANTIZERS]  # PyTorch's hooks
+AUTO = "auto"  # chooses among the others per bucket (hooks/auto.py)
+PEERS = [n for n in available_schemes() if n not in (*QUANTIZERS, AUTO)]  # PyTorch's hooks
 
 
 def with_widths(names: list[str], widths: tuple[int, ...]) -> list[tuple[str, int]]:
