@@ -133,7 +133,7 @@ def _run_table(runs: pd.DataFrame) -> None:
     columns = [
         "id", "open", "name", "scheme", "bits", "coding", "collective", "status", "world_size",
         "topology", "dataset", "model_name", "accuracy", "final_loss", "compression_ratio",
-        "sent_bytes", "step_ms", "tags", "created_at",
+        "sent_bytes", "step_ms", "mean_rel_error", "tags", "created_at",
     ]  # fmt: skip
     st.dataframe(
         table[columns],
@@ -157,6 +157,9 @@ def _run_table(runs: pd.DataFrame) -> None:
                 "bytes sent", format="compact", help="per rank, over the whole run"
             ),
             "step_ms": st.column_config.NumberColumn("ms / step", format="%.1f"),
+            "mean_rel_error": st.column_config.NumberColumn(
+                "error", format="%.3g", help="mean over steps of ||m^ - m||² / ||m||²"
+            ),
             "created_at": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
         },
     )

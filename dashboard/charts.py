@@ -70,7 +70,7 @@ def scheme_color(frame: pd.DataFrame, schemes: Schemes = None) -> alt.Color:
     )
 
 
-def _series_chart(
+def series_chart(
     series: pd.DataFrame,
     *,
     name: str,
@@ -130,7 +130,7 @@ def _series_chart(
 def loss_chart(series: pd.DataFrame, *, x: str = "step", schemes: Schemes = None) -> alt.Chart:
     """Training loss of each run against ``x`` (``"step"`` or ``"time_s"``)."""
     where = "step" if x == "step" else "wall-clock time"
-    return _series_chart(
+    return series_chart(
         series,
         name="loss",
         title=f"Loss by {where} (log)",
@@ -144,7 +144,7 @@ def loss_chart(series: pd.DataFrame, *, x: str = "step", schemes: Schemes = None
 def accuracy_chart(series: pd.DataFrame, *, x: str = "step", schemes: Schemes = None) -> alt.Chart:
     """Validation accuracy of each run against ``x`` (``"step"`` or ``"time_s"``)."""
     where = "step" if x == "step" else "wall-clock time"
-    return _series_chart(
+    return series_chart(
         series,
         name="accuracy",
         title=f"Accuracy by {where}",
@@ -157,7 +157,7 @@ def accuracy_chart(series: pd.DataFrame, *, x: str = "step", schemes: Schemes = 
 
 def sent_bytes_chart(series: pd.DataFrame, *, schemes: Schemes = None) -> alt.Chart:
     """Bytes a rank of each run sent per optimizer step (what its collectives transmit)."""
-    return _series_chart(
+    return series_chart(
         series,
         name="sent_bytes",
         title="Bytes sent per rank and step (log)",
@@ -170,7 +170,7 @@ def sent_bytes_chart(series: pd.DataFrame, *, schemes: Schemes = None) -> alt.Ch
 
 def cumulative_bytes_chart(cumulative: pd.DataFrame, *, schemes: Schemes = None) -> alt.Chart:
     """Total bytes each run has sent so far (``frames.cumulative(series)``)."""
-    return _series_chart(
+    return series_chart(
         cumulative,
         name="cumulative_sent_bytes",
         title="Cumulative bytes sent per rank",
@@ -183,7 +183,7 @@ def cumulative_bytes_chart(cumulative: pd.DataFrame, *, schemes: Schemes = None)
 def compression_chart(series: pd.DataFrame, *, schemes: Schemes = None) -> alt.Chart:
     """fp32 DDP's sent bytes at the run's world size over the run's, per step: how many
     times fewer bytes than plain DDP each rank sends."""
-    return _series_chart(
+    return series_chart(
         series,
         name="compression_ratio",
         title="Compression ratio (fp32 DDP's bytes sent / this run's)",
@@ -195,7 +195,7 @@ def compression_chart(series: pd.DataFrame, *, schemes: Schemes = None) -> alt.C
 
 def bits_chart(series: pd.DataFrame, *, schemes: Schemes = None) -> alt.Chart:
     """The bit width each run used per step (DQ-SGD chooses it afresh every step)."""
-    return _series_chart(
+    return series_chart(
         series,
         name="bits",
         title="Bits per coordinate by step",
@@ -208,7 +208,7 @@ def bits_chart(series: pd.DataFrame, *, schemes: Schemes = None) -> alt.Chart:
 
 def metric_chart(series: pd.DataFrame, name: str, *, schemes: Schemes = None) -> alt.Chart:
     """Any stored metric ``name`` by step."""
-    return _series_chart(series, name=name, title=name, y_title=name, schemes=schemes)
+    return series_chart(series, name=name, title=name, y_title=name, schemes=schemes)
 
 
 def phase_chart(phases: pd.DataFrame) -> alt.Chart:

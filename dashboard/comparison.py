@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, frames, scale_charts
+from dashboard import charts, error_charts, frames, scale_charts
 from dashboard.widgets import Box, draw_boxes, has_metric, metric_box
 
 __all__ = ["comparison_charts", "side_by_side"]
@@ -22,6 +22,7 @@ def comparison_charts(
     widths = frames.varying(series, "bits")
     predicted = frames.predictions(summary)
     traffic = frames.node_traffic(summary)
+    variance = error_charts.frontier(frames.label_runs(runs))
     on = {"schemes": schemes}
     boxes: list[Box] = [
         metric_box(series, "loss", charts.loss_chart, "No loss points yet.", **on),
@@ -80,6 +81,11 @@ def comparison_charts(
             scale_charts.traffic_chart(traffic) if not traffic.empty else None,
             "No compared run says how many of its bytes left its node.",
         ),  # fmt: skip
+        (
+            error_charts.frontier_chart(variance, **on) if not variance.empty else None,
+            "No compared run measured its relative variance.",
+        ),  # fmt: skip
+        metric_box(series, "rel_error", error_charts.error_chart, "No compression error."),
     ]
     draw_boxes(boxes)
     with st.container(border=True):

@@ -48,8 +48,9 @@ RUN_COLUMNS = (
     "id", "name", "scheme", "bits", "coding", "collective", "status", "world_size", "num_nodes",
     "topology", "hierarchical", "dataset", "model_name", "tags", "final_loss",
     "final_accuracy", "total_raw_bytes", "total_payload_bytes", "total_sent_bytes",
-    "total_inter_node_bytes", "compression_ratio", "mean_step_s", "mean_encode_s",
-    "mean_communicate_s", "mean_decode_s", "predicted_step_s", "steps", "wall_s", "created_at",
+    "total_inter_node_bytes", "total_fallbacks", "compression_ratio", "mean_step_s",
+    "mean_encode_s", "mean_communicate_s", "mean_decode_s", "mean_rel_error",
+    "mean_rel_variance", "predicted_step_s", "steps", "wall_s", "created_at",
     "finished_at",
 )  # fmt: skip
 METRIC_COLUMNS = ("run_id", "step", "epoch", "wall_time", "name", "value")

@@ -6,7 +6,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, data, frames
+from dashboard import charts, data, error_charts, frames
 from dashboard.widgets import (
     MAX_POINTS,
     REFRESH_S,
@@ -67,7 +67,7 @@ def _run_body(api_url: str, run_id: int, was_running: bool) -> None:
         _run_cards(run, series)
         charts_tab, config_tab = st.tabs(["Charts", "Configuration"])
         with charts_tab:
-            _run_charts(series)
+            _run_charts(series, run)
         with config_tab:
             _run_config(run)
         st.download_button(
@@ -105,7 +105,7 @@ def _run_cards(run: dict[str, Any], series: pd.DataFrame) -> None:
     cards[5].metric("Steps", f"{steps:,.0f}" if steps is not None else "–", border=True)
 
 
-def _run_charts(series: pd.DataFrame) -> None:
+def _run_charts(series: pd.DataFrame, run: dict[str, Any]) -> None:
     if series.empty:
         st.info("This run has no metrics yet.")
         return
@@ -126,9 +126,18 @@ def _run_charts(series: pd.DataFrame) -> None:
         ),  # fmt: skip
         metric_box(series, "bits", charts.bits_chart, "No bits recorded."),
         (charts.step_phases_chart(phases) if not phases.empty else None, "No step times."),
+        metric_box(series, "rel_error", error_charts.error_chart, "No compression error."),
     ]
     draw_boxes(boxes)
-    others = sorted(set(series["name"]) - set(frames.CHARTED))
+    candidates = (run.get("strategy_config") or {}).get("auto_candidates")
+    choices = error_charts.timeline(series, candidates or [])
+    if candidates:
+        timeline = error_charts.choice_timeline(choices, series) if not choices.empty else None
+        draw_chart(timeline, "No bucket decisions recorded yet.")
+    charted = {*frames.CHARTED, "rel_error"}
+    others = sorted(
+        n for n in set(series["name"]) - charted if not n.startswith(error_charts.CHOICE_PREFIX)
+    )
     if others:
         name = st.selectbox("Other metrics", others)
         draw_chart(charts.metric_chart(series, name), "")

@@ -5,7 +5,7 @@ import itertools
 import pandas as pd
 import pytest
 
-from dashboard import charts, data, frames, scale_charts
+from dashboard import charts, data, error_charts, frames, scale_charts
 from tests.utils.factories import REPORTER_METRIC_NAMES, metric_points, run_payload
 
 pytestmark = pytest.mark.timeout(60)
@@ -214,3 +214,37 @@ def test_scaling_is_the_median_per_scheme_collective_and_world_size():
 )
 def test_accuracy_ticks_have_enough_decimals_to_differ(values, expected):
     assert charts.percent_format(pd.Series(values)) == expected
+
+
+def test_an_auto_runs_choices_become_a_timeline_beside_its_bandwidth() -> None:
+    runs = _runs((7, "auto", 32, "finished"))
+    candidates = ["fp32", "fp16", "qsgd-4-entropy"]
+    rows = [
+        {"run_id": 7, "step": step, "epoch": 0, "wall_time": float(step), "name": name, "value": v}
+        for step in range(6)
+        for name, v in (
+            ("comm/choice/0", 0.0 if step < 3 else 2.0),
+            ("comm/choice/1", 1.0),
+            ("comm/link_bytes_per_s", 12.5e6),
+            ("comm/rel_error", 0.1 * (step + 1)),
+        )
+    ]  # fmt: skip
+    series = frames.metric_series(pd.DataFrame(rows), runs)
+    timeline = error_charts.timeline(series, candidates)
+    assert len(timeline) == 12 and set(timeline["bucket"]) == {0, 1}
+    first = timeline[timeline["bucket"] == 0].sort_values("step")["configuration"].tolist()
+    assert first == ["fp32"] * 3 + ["qsgd-4-entropy"] * 3
+    chart = error_charts.choice_timeline(timeline, series).to_dict()
+    assert len(chart["vconcat"]) == 2
+    assert error_charts.error_chart(series).to_dict()["layer"]
+
+
+def test_the_variance_bytes_frontier_reads_stored_runs() -> None:
+    runs = _runs((1, "qsgd", 4, "finished"), (2, "fp32", None, "finished"))
+    runs["mean_rel_variance"] = [0.09, 0.0]
+    runs["total_raw_bytes"] = [4_000_000, 4_000_000]
+    runs["total_payload_bytes"] = [137_000, 4_000_000]
+    points = error_charts.frontier(frames.label_runs(runs))
+    assert list(points["id"]) == [1]  # fp32 measured no variance
+    assert points["wire_bits"].iloc[0] == pytest.approx(8 * 137_000 / 1_000_000)
+    assert error_charts.frontier_chart(points).to_dict()["mark"]["type"] == "point"
