@@ -1,4 +1,5 @@
-"""iproute2 primitives for emulated networks: run a command, list and delete namespaces."""
+"""iproute2 primitives for emulated networks: run a command, list and delete namespaces,
+and where a rank lives."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 __all__ = [
+    "Host",
     "NetworkEmulationError",
     "delete_namespace",
     "list_namespaces",
@@ -20,6 +23,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where one rank lives: its namespace, its interface and its address."""
+
+    rank: int
+    namespace: str
+    interface: str
+    address: str
 
 
 class NetworkEmulationError(RuntimeError):

@@ -14,10 +14,7 @@ killed run left behind. Needs root and iproute2 (``ip``, ``tc``).
 Example::
 
     with emulated_network(2, link="100mbit") as net:
-        procs = [subprocess.Popen(net.command(rank, [sys.executable, "train.py"]))
-                 for rank in range(net.world_size)]
-        for proc in procs:
-            proc.wait(timeout=600)
+        subprocess.run(net.command(0, [sys.executable, "train.py"]), timeout=600)
 """
 
 from __future__ import annotations
@@ -31,12 +28,12 @@ import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from benchmarks.links import LINK_PRESETS, LinkPreset, link_preset
 from benchmarks.namespaces import (
+    Host,
     NetworkEmulationError,
     delete_namespace,
     list_namespaces,
@@ -66,16 +63,6 @@ SUBNET = "10.200.0.0/24"
 NETNS_PREFIX = "lqnet-"
 DEFAULT_MASTER_PORT = 29500
 _MAX_NODES = 253  # 10.200.0.1 .. 10.200.0.253
-
-
-@dataclass(frozen=True)
-class Host:
-    """Where one rank lives: its namespace, its interface and its address."""
-
-    rank: int
-    namespace: str
-    interface: str
-    address: str
 
 
 @functools.cache
@@ -201,6 +188,7 @@ class EmulatedNetwork:
                 raise ValueError(f"interface name {name!r} is longer than 15 characters")
         self._owner_pid = pid
         self._created: list[str] = []
+        self._shaped: list[tuple[str, str]] = []  # (namespace, interface) of every tbf
         self._entered = False
         self._closed = False
         self._previous_handlers: dict[int, Any] = {}
@@ -311,12 +299,23 @@ class EmulatedNetwork:
         self._created.append(name)
         run(["ip", "-n", name, "link", "set", "lo", "up"])
 
+    def set_rate(self, link: str) -> None:
+        """Change every shaped interface's ``tbf`` to ``link``'s rate, mid-run."""
+        preset = link_preset(link)
+        if not preset.shaped:
+            raise ValueError(f"set_rate needs a tbf rate, got {link!r}")
+        self.link = preset
+        for namespace, interface in self._shaped:
+            self._tbf("replace", namespace, interface)
+
     def _shape(self, namespace: str, interface: str) -> None:
+        self._shaped.append((namespace, interface))
         if self.link.shaped:
-            run(
-                ["tc", "-n", namespace, "qdisc", "add", "dev", interface, "root", "tbf"]
-                + self.link.tbf_args()
-            )
+            self._tbf("add", namespace, interface)
+
+    def _tbf(self, verb: str, namespace: str, interface: str) -> None:
+        tbf = ["qdisc", verb, "dev", interface, "root", "tbf", *self.link.tbf_args()]
+        run(["tc", "-n", namespace, *tbf])
 
     def _build(self) -> None:
         for name in self.namespaces:

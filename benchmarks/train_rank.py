@@ -37,7 +37,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -73,13 +73,14 @@ class StepRecorder(Callback):
     (``val_s``), so time to a target is training time, and the cost of checking is stated.
     """
 
-    def __init__(self, counter: Path | None = None) -> None:
+    def __init__(self, counter: Path | None = None, progress: Path | None = None) -> None:
         self.losses: list[float] = []
         self.times: list[float] = []
         self.tx_bytes: list[int] = []
         self.validations: list[dict[str, float]] = []
         self.val_s = 0.0
         self.counter = counter
+        self.progress = progress  # a file the sweep watches (a link that changes mid-run)
         self._start = 0.0
         self._val_started = 0.0
         self.start_unix: float | None = None
@@ -103,6 +104,8 @@ class StepRecorder(Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss.detach()))
         self.times.append(self._train_time())
+        if self.progress is not None and trainer.is_global_zero:
+            self.progress.write_text(str(len(self.losses)))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_started = time.perf_counter()
@@ -206,6 +209,19 @@ def evaluate(model: nn.Module, loader: Any) -> tuple[float, float]:
     return correct / count, loss / count
 
 
+def _stopper(args: argparse.Namespace, task: Task) -> list[Callback]:
+    """``--stop-at``: stop at the first validation that reaches the target (a race)."""
+    if args.stop_at is None:
+        return []
+    mode = "max" if task.higher_is_better else "min"
+    return [
+        EarlyStopping(
+            monitor=task.target, mode=mode, stopping_threshold=args.stop_at,
+            patience=10**9, check_on_train_epoch_end=False,
+        )
+    ]  # fmt: skip
+
+
 def _strategy(args: argparse.Namespace) -> QuantizedDDPStrategy:
     settings = json.loads(args.settings)  # the sweep's: RunSpec.quantizer_settings()
     return QuantizedDDPStrategy(
@@ -215,6 +231,8 @@ def _strategy(args: argparse.Namespace) -> QuantizedDDPStrategy:
         collective=args.collective,
         hierarchical=args.hierarchical == "true",
         start_step=args.start_step,
+        check_error=args.check_error,
+        error_feedback=args.error_feedback,
         seed=args.seed,
         quantizer_config=settings or None,
         process_group_backend="gloo",
@@ -245,7 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     L.seed_everything(args.seed, workers=True, verbose=False)
     model = task.model()
     train, test = task.loaders(batch_size=batch_size, seed=args.seed)
-    recorder = StepRecorder(tx_counter(os.environ.get("GLOO_SOCKET_IFNAME")))
+    recorder = StepRecorder(tx_counter(os.environ.get("GLOO_SOCKET_IFNAME")), args.progress)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=per_node,
@@ -254,7 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         max_steps=args.steps,
         logger=_store_logger(args, task) or False,
         log_every_n_steps=1,  # every step's loss reaches the run store
-        callbacks=[recorder],
+        callbacks=[recorder, *_stopper(args, task)],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -269,6 +287,9 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     strategy = trainer.strategy
     assert isinstance(strategy, QuantizedDDPStrategy)
     stats, config = list(strategy.stats_history), strategy.config_dict()
+    auto = strategy.comm_state.auto if strategy.comm_state is not None else None
+    decisions = list(auto.decisions) if auto is not None else []
+    explained = list(auto.explained) if auto is not None else []
     rank = dist.get_rank()
     # Lightning unwrapped DDP at teardown; free the reducer while the group still lives
     del trainer, strategy
@@ -311,6 +332,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             "batch_size": batch_size,
             "world_size": world,
             "config": config,
+            "decisions": decisions,  # auto's: (step, bucket, configuration)
+            "decisions_explained": explained,  # and what each weighed
             "hyperparameters": {
                 **dict(model.hparams),
                 "batch_size": batch_size,
@@ -346,6 +369,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compute-steps", type=int, default=8, help="steps timed alone")
     parser.add_argument("--pg-timeout-s", type=float, default=300.0)
     parser.add_argument("--out", type=Path, required=True, help="rank 0 writes JSON here")
+    parser.add_argument("--progress", type=Path, help="rank 0 writes its steps done here")
+    parser.add_argument(
+        "--check-error", action="store_true", help="also reduce in fp32: the exact error"
+    )
+    parser.add_argument("--error-feedback", action="store_true")
+    parser.add_argument(
+        "--stop-at", type=float, help="stop once a validation reaches this target value"
+    )
     parser.add_argument("--api", help="report the run live to this run store (rank 0)")
     parser.add_argument(
         "--spool-dir", default="data/spool", help="where what the store did not take waits"

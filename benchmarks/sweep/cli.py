@@ -135,6 +135,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma list of none or tbf rates (10mbit, 100mbit, 1gbit, 10gbit...); "
         "shaped links need root",
     )
+    parser.add_argument(
+        "--link-change",
+        metavar="STEP:RATE",
+        help="change every run's link to RATE (a tbf rate) once rank 0 has done STEP steps, "
+        "e.g. 30:100mbit; recorded with the run",
+    )
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="first steps not timed")
     parser.add_argument("--seeds", type=_comma(int), default="0", help="comma list of seeds")
@@ -149,7 +155,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "the classifiers) to time; default: fp32 DDP's final value in the same sweep",
     )  # fmt: skip
     parser.add_argument(
+        "--error-feedback",
+        action="store_true",
+        help="run the quantized schemes with error feedback (recorded with each run)",
+    )
+    parser.add_argument(
+        "--race",
+        action="store_true",
+        help="after fp32 DDP's run, run every other configuration until it reaches the target "
+        "(a validation, every --val-every steps) or 3x --steps, whichever comes first",
+    )
+    parser.add_argument(
         "--start-step", type=int, default=0, help="uncompressed warm-up steps (recorded)"
+    )
+    parser.add_argument(
+        "--check-error",
+        action="store_true",
+        help="reduce every bucket in fp32 too, to record the exact error beside the estimate "
+        "(one more all-reduce per bucket, not counted: step times and bytes are not the run's)",
     )
     parser.add_argument("--bucket-size", type=int, default=512, help="quantization bucket")
     parser.add_argument(
@@ -183,6 +206,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             link_preset(link)
         except ValueError as error:
             parser.error(str(error))
+    if args.link_change is not None:
+        step, _, rate = args.link_change.partition(":")
+        try:
+            link_preset(rate)
+            args.link_change = (int(step), rate)
+        except ValueError as error:
+            parser.error(f"--link-change {args.link_change}: {error} (give STEP:RATE)")
+        if "none" in args.link or not 0 < args.link_change[0] < args.steps:
+            parser.error("--link-change needs shaped --link rates and 0 < STEP < --steps")
     bad_codings = [c for c in args.coding if c not in CODINGS]
     if bad_codings:
         allowed = ", ".join(CODINGS)
@@ -196,6 +228,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("every run needs 2 ranks or more (--world-size, or N x L of --topology)")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.race and not args.val_every:
+        parser.error("--race needs --val-every: the target is checked at validations")
     if args.val_every < 0 or args.start_step < 0:
         parser.error("--val-every and --start-step must be >= 0")
     if args.warmup >= args.steps:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ def rank_argv(spec: RunSpec, out: Path, timeout_s: float) -> list[str]:
         "--hierarchical", str(spec.hierarchical).lower(),
         "--settings", json.dumps(spec.quantizer_settings()),
         "--pg-timeout-s", str(max(30.0, min(300.0, timeout_s))), "--out", str(out),
+        *(["--progress", str(out.with_name("progress"))] if spec.link_change else []),
+        *(["--check-error"] if spec.check_error else []),
+        *(["--error-feedback"] if spec.error_feedback else []),
+        *(["--stop-at", str(spec.stop_at)] if spec.stop_at is not None else []),
     ]  # fmt: skip
 
 
@@ -124,13 +128,39 @@ def launch_ranks(
                         stdin=subprocess.DEVNULL, start_new_session=True,
                     )
                 )  # fmt: skip
-        _wait(procs, logs, timeout_s, poll_s, grace_s)
+        changer = _LinkChanger(spec, net, out.with_name("progress"))
+        _wait(procs, logs, timeout_s, poll_s, grace_s, changer.poll)
     finally:
         for proc in procs:
             _kill(proc)
     if not out.exists():
         raise RunFailed(f"rank 0 wrote no result\n{_tail(logs[0])}")
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    if changer.applied_at is not None:
+        step, link = spec.link_change or (0, "")
+        result["link_change"] = {"step": step, "to": link, "applied_at_step": changer.applied_at}
+    return result
+
+
+class _LinkChanger:
+    """Change the network's link once rank 0's progress file reaches the spec's step."""
+
+    def __init__(self, spec: RunSpec, net: EmulatedNetwork | None, progress: Path) -> None:
+        self.change = spec.link_change if net is not None else None
+        self.net = net
+        self.progress = progress
+        self.applied_at: int | None = None
+
+    def poll(self) -> None:
+        if self.change is None or self.applied_at is not None or self.net is None:
+            return
+        try:
+            done = int(self.progress.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return
+        if done >= self.change[0]:
+            self.net.set_rate(self.change[1])
+            self.applied_at = done
 
 
 def _wait(
@@ -139,11 +169,13 @@ def _wait(
     timeout_s: float,
     poll_s: float,
     grace_s: float,
+    on_poll: Callable[[], None] = lambda: None,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     failed_at: float | None = None
     while True:
         codes = [proc.poll() for proc in procs]
+        on_poll()
         if all(code == 0 for code in codes):
             return
         bad = [rank for rank, code in enumerate(codes) if code not in (None, 0)]

@@ -10,8 +10,8 @@ from typing import Any
 from benchmarks.tasks import TASKS
 from lightning_quant.collectives import AUTO, Collective, choose_collective
 from lightning_quant.hooks import Scheme, available_schemes, get_scheme, scheme_settings
+from lightning_quant.hooks.groups import use_hierarchy
 from lightning_quant.hooks.schemes import scheme_defaults
-from lightning_quant.hooks.state import use_hierarchy
 
 __all__ = [
     "BASELINE",
@@ -47,6 +47,10 @@ class RunSpec:
     val_every: int = 0  # steps between validations (0: none)
     start_step: int = 0  # uncompressed warm-up steps
     settings: tuple[tuple[str, Any], ...] = ()  # --settings this scheme has
+    link_change: tuple[int, str] | None = None  # (step, link): the sweep changes the link
+    check_error: bool = False  # an fp32 all-reduce beside every bucket (the exact error)
+    stop_at: float | None = None  # --race: stop once the target metric reaches this
+    error_feedback: bool = False
     unavailable: str | None = None
 
     @property
@@ -123,6 +127,8 @@ def _collectives(
     why = spec.unavailable(BACKEND)
     if why:
         return [Collective.ALLREDUCE], why
+    if spec.per_bucket:  # auto: each bucket's own
+        return [AUTO], None
     usable = []
     for wanted in requested:
         try:
@@ -175,9 +181,7 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
             _paths(get_scheme(scheme), world, per_node, args.hierarchical),
         ):
             reducing = nodes if hierarchical else world  # ranks the quantized collective spans
-            built = scheme_settings_for(
-                scheme, args.task, bits, args.bucket_size, settings, coding
-            )
+            built = scheme_settings_for(scheme, args.task, bits, args.bucket_size, settings, coding)
             collectives, why = _collectives(scheme, built, reducing, args.collective)
             for collective in collectives:
                 specs.append(
@@ -199,6 +203,9 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
                         val_every=args.val_every,
                         start_step=args.start_step,
                         settings=settings,
+                        link_change=getattr(args, "link_change", None),
+                        check_error=getattr(args, "check_error", False),
+                        error_feedback=getattr(args, "error_feedback", False),
                         unavailable=why,
                     )
                 )

@@ -193,6 +193,15 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         "encode_s": median_of("encode_s", own),
         "communicate_s": median_of("communicate_s", own),
         "decode_s": median_of("decode_s", own),
+        "rel_error": statistics.fmean(s.get("rel_error", 0.0) for s in own),
+        "rel_variance": statistics.fmean(s.get("rel_variance", 0.0) for s in own),
+        "rel_errors": [s.get("rel_error", 0.0) for s in stats[0][:count]],
+        "exact_rel_errors": [s.get("exact_rel_error", 0.0) for s in stats[0][:count]],
+        "fallbacks": sum(s.get("fallbacks", 0) for s in stats[0][:count]),
+        "error_feedback": result.get("config", {}).get("error_feedback", False),
+        "decisions": result.get("decisions") or [],
+        "decisions_explained": result.get("decisions_explained") or [],
+        **_link_change(result, [s["step_s"] for s in stats[0][:count]]),
         "final_loss": statistics.fmean(losses[-LOSS_WINDOW:]) if losses else None,
         "test_accuracy": result["test_accuracy"],
         "test_loss": result["test_loss"],
@@ -264,3 +273,18 @@ def compare_with_baseline(
         record["time_to_target_s"] = reached["time_s"]
         record["steps_to_target"] = int(reached["step"])
         record["bytes_to_target"] = reached["sent_bytes"]
+
+
+def _link_change(result: dict[str, Any], step_s: Sequence[float]) -> dict[str, Any]:
+    """For a run whose link changed mid-run (``--link-change``): when, and the median step
+    time before it and from 20 steps after it (``auto``'s goal: decided again by then)."""
+    change = result.get("link_change")
+    if not change:
+        return {}
+    at = int(change["applied_at_step"])
+    before, after = step_s[1:at], step_s[at + 20 :]
+    return {
+        "link_change": change,
+        "step_time_before_change_s": _median(before) if before else None,
+        "step_time_after_change_s": _median(after) if after else None,
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from benchmarks.sweep.launch import RunFailed, launch_ranks
 from benchmarks.sweep.plan import BASELINE, RunSpec
 from benchmarks.sweep.records import compare_with_baseline, empty_record, summarize
 from benchmarks.sweep.store import SweepStore
+from benchmarks.tasks import TASKS
 
 __all__ = ["Sweep", "Terminated", "on_sigterm", "write_json"]
 
@@ -81,6 +83,7 @@ class Sweep:
 
     def _one(self, spec: RunSpec, net: EmulatedNetwork | None, workdir: Path) -> dict[str, Any]:
         index = len(self.records)
+        spec = self._raced(spec)
         extra = self.store.rank_args(spec, index) if self.store is not None else []
         result = None
         if spec.unavailable:
@@ -105,6 +108,17 @@ class Sweep:
             record["run_key"] = self.store.key(index)
             self.store.finish(index, spec, record)
         return record
+
+    def _raced(self, spec: RunSpec) -> RunSpec:
+        """With ``--race``: a configuration other than fp32 runs until fp32's final target
+        value of its (task, link, topology, seed), or 3x the steps (issue 23's rule)."""
+        baseline = self.baselines.get((spec.task, spec.link, spec.topology, spec.seed)) or {}
+        if not self.args.race or spec.scheme == BASELINE:
+            return spec
+        target = self.args.target or baseline.get(f"final_{TASKS[spec.task].target}")
+        if target is None:
+            return spec
+        return dataclasses.replace(spec, steps=3 * spec.steps, stop_at=target)
 
     def _save(self) -> None:
         if self.args.json is not None:

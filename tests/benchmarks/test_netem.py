@@ -117,6 +117,19 @@ def test_tcp_between_namespaces(world_size):
 @needs_netns
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("world_size", [2, 3])
+def test_a_link_changes_rate_mid_run(world_size):
+    with emulated_network(world_size, link="100mbit") as net:
+        before = _transfer_mbit(net, 1, 0, 3_000_000, 5011)
+        net.set_rate("10mbit")
+        after = _transfer_mbit(net, 1, 0, 1_000_000, 5012)
+        with pytest.raises(ValueError, match="tbf rate"):
+            net.set_rate("none")
+    assert 60 < before < 110 and 5 < after < 11, (before, after)
+
+
+@needs_netns
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("world_size", [2, 3])
 def test_shaped_link_throughput(world_size):
     last = world_size - 1
     with emulated_network(world_size, link="100mbit") as net:

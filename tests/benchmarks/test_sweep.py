@@ -417,3 +417,50 @@ def test_a_dqsgd_lm_sweep_feeds_the_dashboards_bits_chart(tmp_path, api_server, 
     assert not at.exception and not at.error
     captions = "\n".join(str(c.value) for c in at.caption)
     assert len(set(bits)) > 1 and "kept one width" not in captions  # its widths are charted
+
+
+def test_plan_runs_auto_once_and_a_link_change_in_every_run():
+    args = sweep.parse_args(
+        ["--schemes", "fp32,auto,qsgd", "--bits", "4", "--coding", "packed,entropy",
+         "--link", "1gbit", "--link-change", "30:100mbit", "--steps", "60"]
+    )  # fmt: skip
+    specs = sweep.plan_runs(args)
+    assert [(s.scheme, s.coding) for s in specs] == [
+        ("fp32", "packed"), ("auto", "packed"), ("qsgd", "packed"), ("qsgd", "entropy"),
+    ]  # fmt: skip
+    auto = specs[1]
+    assert auto.unavailable is None and auto.collective == "auto"
+    assert all(s.link_change == (30, "100mbit") for s in specs)
+    assert "--progress" in launch.rank_argv(auto, Path("out.json"), 60)
+    for bad in (["--link-change", "30:fast"], ["--link-change", "90:100mbit"],
+                ["--link", "none", "--link-change", "3:10mbit"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            sweep.parse_args(["--steps", "60", "--link", "1gbit", *bad])
+
+
+def test_a_link_change_is_summarized_before_and_after():
+    step_s = [1.0] * 10 + [3.0] * 30
+    change = {"step": 10, "to": "10mbit", "applied_at_step": 10}
+    summary = sweep.records._link_change({"link_change": change}, step_s)
+    assert summary["step_time_before_change_s"] == 1.0
+    assert summary["step_time_after_change_s"] == 3.0
+    assert sweep.records._link_change({}, step_s) == {}
+
+
+def test_a_race_runs_until_the_target_or_three_times_the_steps(tmp_path):
+    out = tmp_path / "race.json"
+    done = run_sweep(
+        "--task", "digits", "--schemes", "fp32,qsgd", "--bits", "2,8", "--world-size", "2",
+        "--steps", "10", "--warmup", "1", "--val-every", "5", "--race", "--json", str(out),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    fp32, *others = json.loads(out.read_text())
+    assert fp32["steps"] == 10
+    for record in others:
+        assert record["status"] == "ok" and record["target"] == fp32["final_val_acc"]
+        reached = record.get("steps_to_target")
+        # stopped at the validation that reached fp32's accuracy, else ran 3x the steps
+        assert record["steps"] == (reached if reached is not None else 30)
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--race"])  # no validations, no target to reach
