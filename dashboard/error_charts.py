@@ -81,7 +81,8 @@ def timeline(series: pd.DataFrame, candidates: list[str]) -> pd.DataFrame:
 
 
 def choice_timeline(choices: pd.DataFrame, series: pd.DataFrame) -> alt.Chart:
-    """Which configuration each bucket used over the steps, above the fitted bandwidth."""
+    """Which configuration each bucket used over the steps, above the fitted bandwidth
+    (where the hook fitted one: it needs collectives of 64 KB or more)."""
     steps = alt.X("step:Q", title="step")
     grid = (
         alt.Chart(choices)
@@ -95,6 +96,8 @@ def choice_timeline(choices: pd.DataFrame, series: pd.DataFrame) -> alt.Chart:
         .properties(title="auto: each bucket's configuration by step", height=HEIGHT // 2)
     )
     link = series[(series["name"] == "link_bytes_per_s") & (series["value"] > 0)].copy()
+    if link.empty:
+        return grid
     link["Mbit/s"] = link["value"] * 8 / 1e6
     bandwidth = (
         alt.Chart(link)
@@ -102,4 +105,4 @@ def choice_timeline(choices: pd.DataFrame, series: pd.DataFrame) -> alt.Chart:
         .encode(x=steps, y=alt.Y("Mbit/s:Q", title="fitted link (Mbit/s)"), tooltip=["step:Q"])
         .properties(height=HEIGHT // 3)
     )
-    return alt.vconcat(grid, bandwidth).resolve_scale(x="shared")
+    return alt.vconcat(grid, bandwidth).resolve_scale(x="shared")  # type: ignore[return-value]

@@ -108,7 +108,8 @@ class StepErrors:
 
     def output(self, index: int, mean: torch.Tensor) -> None:
         """Record ``||m^||^2`` of bucket ``index``'s result (from a future's callback)."""
-        value = float(mean.detach().float().pow(2).sum())
+        m = mean.detach().reshape(-1).float()
+        value = float(m.dot(m))
         with self._lock:
             self._output_sq[index] = value
 

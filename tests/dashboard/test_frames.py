@@ -236,6 +236,8 @@ def test_an_auto_runs_choices_become_a_timeline_beside_its_bandwidth() -> None:
     assert first == ["fp32"] * 3 + ["qsgd-4-entropy"] * 3
     chart = error_charts.choice_timeline(timeline, series).to_dict()
     assert len(chart["vconcat"]) == 2
+    unfitted = series[series["name"] != "link_bytes_per_s"]  # no link fitted: the grid alone
+    assert "vconcat" not in error_charts.choice_timeline(timeline, unfitted).to_dict()
     assert error_charts.error_chart(series).to_dict()["layer"]
 
 
