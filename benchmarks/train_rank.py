@@ -210,16 +210,15 @@ def evaluate(model: nn.Module, loader: Any) -> tuple[float, float]:
 
 
 def _stopper(args: argparse.Namespace, task: Task) -> list[Callback]:
-    """``--stop-at``: stop at the first validation that reaches the target (a race)."""
+    """``--stop-at``: stop at the first validation that reaches the target (a race); the
+    threshold moves a float32 step past it (metrics are float32), as ``EarlyStopping``
+    wants it strictly passed."""
     if args.stop_at is None:
         return []
-    mode = "max" if task.higher_is_better else "min"
-    return [
-        EarlyStopping(
-            monitor=task.target, mode=mode, stopping_threshold=args.stop_at,
-            patience=10**9, check_on_train_epoch_end=False,
-        )
-    ]  # fmt: skip
+    mode, past = ("max", -1.0) if task.higher_is_better else ("min", 1.0)
+    threshold = args.stop_at + past * 1e-6 * max(1.0, abs(args.stop_at))
+    return [EarlyStopping(task.target, mode=mode, stopping_threshold=threshold, patience=10**9,
+                          check_on_train_epoch_end=False)]  # fmt: skip
 
 
 def _strategy(args: argparse.Namespace) -> QuantizedDDPStrategy:
