@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from benchmarks.links import LINK_PRESETS, LinkPreset, link_preset
+from lightning_quant.hooks.link import LinkModel
 
 __all__ = [
     "LINK_SPECS",
@@ -98,10 +99,8 @@ def _spec(link: LinkSpec | str) -> LinkSpec:
 
 def comm_seconds(sent_bytes: float, rounds: float, link: LinkSpec | str) -> float:
     """Return ``sent_bytes / beta + rounds * alpha`` on ``link``."""
-    if sent_bytes < 0 or rounds < 0:
-        raise ValueError(f"sent_bytes and rounds must be >= 0, got {sent_bytes}, {rounds}")
     spec = _spec(link)
-    return sent_bytes / spec.payload_bytes_per_s + rounds * spec.latency_s
+    return LinkModel(spec.latency_s, spec.payload_bytes_per_s).seconds(sent_bytes, rounds)
 
 
 @dataclass(frozen=True)

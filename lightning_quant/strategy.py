@@ -285,9 +285,8 @@ class QuantizedDDPStrategy(DDPStrategy):
         state = self.comm_state
         if state is None or state.auto is None:
             return {}
-        labels = state.auto.labels
         return {
-            f"{METRIC_PREFIX}choice/{index}": float(labels.index(label) if label in labels else -1)
+            f"{METRIC_PREFIX}choice/{index}": float(state.auto.index(label))
             for index, label in state.choice_labels().items()
         }
 

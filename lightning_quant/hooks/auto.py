@@ -330,6 +330,7 @@ class AutoChooser:
         log.info("auto: %s", self.explained[-1])
         return self.choices[best]
 
-    def index(self, choice: Choice) -> int:
-        """Return ``choice``'s position among the candidates (-1 if it is not one)."""
-        return self.labels.index(choice.label) if choice.label in self.labels else -1
+    def index(self, label: str) -> int:
+        """Return the position of the configuration ``label`` names among the candidates
+        (-1 if it is not one: a fallback's wider width)."""
+        return self.labels.index(label) if label in self.labels else -1
