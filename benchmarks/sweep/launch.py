@@ -105,6 +105,7 @@ def launch_ranks(
     extra = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
     port = net.next_master_port() if net is not None else free_port()
     procs: list[subprocess.Popen[bytes]] = []
+    changer = _LinkChanger(spec, net, out.with_name("progress"))
     logs = [workdir / f"rank{rank}.log" for rank in range(spec.world_size)]
     try:
         for rank in range(spec.world_size):
@@ -128,25 +129,30 @@ def launch_ranks(
                         stdin=subprocess.DEVNULL, start_new_session=True,
                     )
                 )  # fmt: skip
-        changer = _LinkChanger(spec, net, out.with_name("progress"))
         _wait(procs, logs, timeout_s, poll_s, grace_s, changer.poll)
     finally:
         for proc in procs:
             _kill(proc)
+        changer.restore()
     if not out.exists():
         raise RunFailed(f"rank 0 wrote no result\n{_tail(logs[0])}")
     result = json.loads(out.read_text())
     if changer.applied_at is not None:
         step, link = spec.link_change or (0, "")
-        result["link_change"] = {"step": step, "to": link, "applied_at_step": changer.applied_at}
+        result["link_change"] = {
+            "step": step, "from": spec.link, "to": link, "applied_at_step": changer.applied_at
+        }
     return result
 
 
 class _LinkChanger:
-    """Change the network's link once rank 0's progress file reaches the spec's step."""
+    """Change the network's link once rank 0's progress file reaches the spec's step, and
+    change it back after the run: the next run on the same network starts on the link
+    its spec names."""
 
     def __init__(self, spec: RunSpec, net: EmulatedNetwork | None, progress: Path) -> None:
         self.change = spec.link_change if net is not None else None
+        self.start = spec.link
         self.net = net
         self.progress = progress
         self.applied_at: int | None = None
@@ -161,6 +167,11 @@ class _LinkChanger:
         if done >= self.change[0]:
             self.net.set_rate(self.change[1])
             self.applied_at = done
+
+    def restore(self) -> None:
+        """Put back the link the run started on, if it was changed."""
+        if self.applied_at is not None and self.net is not None:
+            self.net.set_rate(self.start)
 
 
 def _wait(

@@ -201,7 +201,7 @@ def summarize(spec: RunSpec, result: dict[str, Any]) -> dict[str, Any]:
         "error_feedback": result.get("config", {}).get("error_feedback", False),
         "decisions": result.get("decisions") or [],
         "decisions_explained": result.get("decisions_explained") or [],
-        **_link_change(result, [s["step_s"] for s in stats[0][:count]]),
+        **_link_change(result, stats[0][:count]),
         "final_loss": statistics.fmean(losses[-LOSS_WINDOW:]) if losses else None,
         "test_accuracy": result["test_accuracy"],
         "test_loss": result["test_loss"],
@@ -275,16 +275,19 @@ def compare_with_baseline(
         record["bytes_to_target"] = reached["sent_bytes"]
 
 
-def _link_change(result: dict[str, Any], step_s: Sequence[float]) -> dict[str, Any]:
-    """For a run whose link changed mid-run (``--link-change``): when, and the median step
-    time before it and from 20 steps after it (``auto``'s goal: decided again by then)."""
+def _link_change(result: dict[str, Any], steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """For a run whose link changed mid-run (``--link-change``): when, the median step
+    time before it and from 20 steps after it (``auto``'s goal: decided again by then), and
+    the hook's fitted bandwidth at every step (what ``auto`` watches)."""
     change = result.get("link_change")
     if not change:
         return {}
     at = int(change["applied_at_step"])
+    step_s = [s["step_s"] for s in steps]
     before, after = step_s[1:at], step_s[at + 20 :]
     return {
         "link_change": change,
         "step_time_before_change_s": _median(before) if before else None,
         "step_time_after_change_s": _median(after) if after else None,
+        "link_bytes_per_s_by_step": [s.get("link_bytes_per_s", 0.0) for s in steps],
     }

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from benchmarks import namespaces, sweep
-from benchmarks.netem import NETNS_PREFIX, network_emulation_available
+from benchmarks.netem import NETNS_PREFIX, emulated_network, network_emulation_available
 from benchmarks.sweep import launch
 from benchmarks.tasks import TASKS
 from lightning_quant.hooks import STEP_METRICS
@@ -439,12 +439,44 @@ def test_plan_runs_auto_once_and_a_link_change_in_every_run():
 
 
 def test_a_link_change_is_summarized_before_and_after():
-    step_s = [1.0] * 10 + [3.0] * 30
-    change = {"step": 10, "to": "10mbit", "applied_at_step": 10}
-    summary = sweep.records._link_change({"link_change": change}, step_s)
+    steps = [{"step_s": 1.0, "link_bytes_per_s": 1e8}] * 10
+    steps += [{"step_s": 3.0, "link_bytes_per_s": 1e7}] * 30
+    change = {"step": 10, "from": "100mbit", "to": "10mbit", "applied_at_step": 10}
+    summary = sweep.records._link_change({"link_change": change}, steps)
     assert summary["step_time_before_change_s"] == 1.0
     assert summary["step_time_after_change_s"] == 3.0
-    assert sweep.records._link_change({}, step_s) == {}
+    assert summary["link_bytes_per_s_by_step"] == [1e8] * 10 + [1e7] * 30
+    assert sweep.records._link_change({}, steps) == {}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(
+    not network_emulation_available(), reason="network emulation needs root and iproute2"
+)
+def test_a_changed_link_is_put_back_for_the_next_run(tmp_path):
+    def rates(net) -> set[str]:
+        shown = [
+            subprocess.run(
+                ["tc", "-n", h.namespace, "qdisc", "show", "dev", h.interface],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()
+            for h in net.hosts
+        ]  # fmt: skip
+        return {words[words.index("rate") + 1] for words in shown}
+
+    spec = _spec(link="1gbit", link_change=(3, "100mbit"))
+    progress = tmp_path / "progress"
+    with emulated_network(2, "1gbit") as net:
+        changer = launch._LinkChanger(spec, net, progress)
+        changer.poll()  # no progress yet
+        progress.write_text("2")
+        changer.poll()
+        assert changer.applied_at is None and rates(net) == {"1Gbit"}
+        progress.write_text("3")
+        changer.poll()
+        assert changer.applied_at == 3 and rates(net) == {"100Mbit"}
+        changer.restore()  # the next run of the sweep starts on its own link again
+        assert rates(net) == {"1Gbit"} and net.link.name == "1gbit"
 
 
 def test_a_race_runs_until_the_target_or_three_times_the_steps(tmp_path):
