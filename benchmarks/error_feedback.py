@@ -191,13 +191,12 @@ def _markdown(res: list[dict[str, Any]], train: dict[str, Any], args: argparse.N
         f"Training: {train['model']}, 3 gloo ranks, SGD momentum 0.9, lr {args.lr}, "
         f"{args.steps} steps of {args.batch} windows per rank; held-out loss at the end.",
         "",
-        "| configuration | " + " | ".join(f"seed {r['seed']}" for r in train["runs"])
+        "| configuration | "
+        + " | ".join(f"seed {r['seed']}" for r in train["runs"])
         + " | mean | x fp32 |",
         "|---|" + "---|" * (len(train["runs"]) + 2),
     ]
-    final = {
-        name: [r["losses"][name][-1] for r in train["runs"]] for name in CONFIGS
-    }
+    final = {name: [r["losses"][name][-1] for r in train["runs"]] for name in CONFIGS}
     base = statistics.fmean(final["fp32 DDP"])
     for name, values in final.items():
         mean = statistics.fmean(values)

@@ -140,7 +140,10 @@ def launch_ranks(
     if changer.applied_at is not None:
         step, link = spec.link_change or (0, "")
         result["link_change"] = {
-            "step": step, "from": spec.link, "to": link, "applied_at_step": changer.applied_at
+            "step": step,
+            "from": spec.link,
+            "to": link,
+            "applied_at_step": changer.applied_at,
         }
     return result
 
