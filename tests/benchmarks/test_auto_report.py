@@ -51,6 +51,45 @@ def test_a_change_is_met_when_auto_redecides_in_time_and_keeps_up():
     assert rows["auto"]["vs_best_fixed_after"] == pytest.approx(1.05)
 
 
+def test_each_seed_is_compared_within_itself():
+    change = {"step": 10, "to": "100mbit", "applied_at_step": 10}
+    records = [
+        _record("qsgd", link_change=change, step_time_after_change_s=1.0),
+        _record("qsgd", link_change=change, step_time_after_change_s=3.0, seed=1),
+        _record("auto", link_change=change, step_time_after_change_s=2.0,
+                decisions=[[12, 0, "qsgd-4"]]),
+        _record("auto", link_change=change, step_time_after_change_s=3.0, seed=1,
+                decisions=[[12, 0, "qsgd-4"]]),
+    ]  # fmt: skip
+    autos = [r for r in auto_report.change_rows(records) if r["run"] == "auto"]
+    assert [(r["seed"], r["vs_best_fixed_after"], r["met"]) for r in autos] == [
+        (0, 2.0, False), (1, 1.0, True),
+    ]  # fmt: skip
+    links = auto_report.link_rows(
+        [_record("qsgd", step_time_s=1.0), _record("auto", step_time_s=1.0),
+         _record("qsgd", step_time_s=2.0, seed=1), _record("auto", step_time_s=1.0, seed=1)]
+    )  # fmt: skip
+    assert [(r["seed"], r["auto_vs_best"]) for r in links] == [(0, 1.0), (1, 0.5)]
+
+
+def test_the_race_goal_is_auto_no_later_than_the_best_fixed_that_reached():
+    records = [
+        _record("fp32", time_to_target_s=300.0),
+        _record("nuqsgd", time_to_target_s=80.0),
+        _record("qsgd", time_to_target_s=None),  # never reached it
+        _record("auto", time_to_target_s=78.0),
+        _record("fp32", seed=1, time_to_target_s=300.0),
+        _record("nuqsgd", seed=1, time_to_target_s=70.0),
+        _record("auto", seed=1, time_to_target_s=77.0),
+        _record("auto", seed=2, time_to_target_s=None),
+    ]
+    rows = auto_report.race_goal_rows(records)
+    assert [(r["seed"], r["best_fixed"], r["met"]) for r in rows] == [
+        (0, "nuqsgd-4", True), (1, "nuqsgd-4", False), (2, None, False),
+    ]  # fmt: skip
+    assert rows[1]["auto_vs_best"] == pytest.approx(1.1)
+
+
 def test_the_report_is_written(tmp_path):
     path = tmp_path / "records.json"
     path.write_text(json.dumps([_record("fp32", step_time_s=2.0), _record("auto")]))
