@@ -7,7 +7,10 @@ size. Each round times the copy, the encode and the decodes back to back (so all
 see the same load on the machine); every figure is the median over the rounds, after two
 warm-up calls. ``decode`` writes into a preallocated tensor, as the copy does (and as the
 DDP hook can, into its bucket: ``decode(payload, out=...)``); the "new tensor" columns
-time ``decode(payload)``, which also pays for the fresh pages of its result.
+time ``decode(payload)``, which also pays for the fresh pages of its result. The "error
+measurement" column times what the DDP hook adds to every compressed bucket to report
+``comm/rel_error`` (``hooks/errors.py``): decoding its own payload and the three sums of
+squares, as a share of encode plus decode.
 
 The goal: ``(encode + decode) / copy`` at most 6 for qsgd, qsgd_inf and nuqsgd at 4 bits
 on 16M elements.
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_quant.hooks.errors import ErrorSums
 from lightning_quant.quantizers import get_quantizer, kernels, nuqsgd
 from lightning_quant.quantizers.bucketed import BucketedQuantizer, uniform_levels
 from lightning_quant.quantizers.global_qsgd import LANE_BITS
@@ -67,6 +71,12 @@ class Row:
     decode_alloc_s: float
     copy_s: float
     path: str = "fused"
+    measure_s: float = 0.0  # the hook's error measurement: own decode and sums
+
+    @property
+    def measure_share(self) -> float:
+        """The error measurement's time over encode plus decode."""
+        return self.measure_s / (self.encode_s + self.decode_s)
 
     @property
     def ratio(self) -> float:
@@ -103,6 +113,7 @@ def time_codec(scheme: str, bits: int, x: torch.Tensor, repeats: int, eager: boo
         "encode": lambda: encode(x, gen),
         "decode": lambda: decode(payload, out=out),
         "decode_alloc": lambda: decode(payload),
+        "measure": lambda: ErrorSums().add(decode(payload).reshape(-1), x, x, 0.25),
     }
     for fn in calls.values():
         for _ in range(0 if eager else 2):
@@ -123,6 +134,7 @@ def time_codec(scheme: str, bits: int, x: torch.Tensor, repeats: int, eager: boo
         median["decode_alloc"],
         median["copy"],
         path,
+        median["measure"],
     )
 
 
@@ -142,15 +154,15 @@ def throughput_table(rows: Sequence[Row]) -> str:
     lines += [
         "",
         "| scheme | bits | numel | path | encode GB/s | decode GB/s | (enc+dec)/copy "
-        "| decode to new tensor GB/s | (enc+dec new)/copy |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| decode to new tensor GB/s | (enc+dec new)/copy | error measurement / (enc+dec) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.scheme} | {r.bits} | {_numel(r.numel)} | {r.path} | "
             f"{gbps(r.numel, r.encode_s):.2f} | {gbps(r.numel, r.decode_s):.2f} | "
             f"**{r.ratio:.1f}x** | {gbps(r.numel, r.decode_alloc_s):.2f} | "
-            f"{r.ratio_alloc:.1f}x |"
+            f"{r.ratio_alloc:.1f}x | {r.measure_share:.2f} |"
         )
     return "\n".join(lines)
 
