@@ -10,7 +10,10 @@ all-reduce first, then the compressed part's stages, all from hook bodies
 With ``fallback`` on, a compressed bucket first agrees with the other ranks whether any
 of them holds a NaN or Inf (one ``allreduce(MAX)`` of a flag, its first stage): if so, the
 whole bucket goes as plain DDP's fp32 all-reduce that step, so mixed-precision loss
-scaling sees the overflow exactly as without compression.
+scaling sees the overflow exactly as without compression. For a scheme that encodes
+against a scale shared by the ranks (Global-QSGD's), the same ``allreduce(MAX)`` carries
+that scale beside the flag: launched before the previous bucket's later stages, it does
+not wait behind their transfers in a hook body, as a separate one would.
 """
 
 # No ``from __future__ import annotations`` here: DDP checks the hook's annotations
@@ -60,13 +63,15 @@ def quantized_hook(state: QuantizedCommState, bucket: dist.GradBucket) -> Future
             path = _plain(state, stats, plan.plain, tensor)
         else:
 
-            def compressed() -> Stages | Final:
+            def compressed(scale: torch.Tensor | None = None) -> Stages | Final:
                 if plan.mixed:
-                    return _split(state, stats, plan, tensor, choice, index)
-                return _compressed(state, stats, plan.compressed, tensor, choice, index)
+                    return _split(state, stats, plan, tensor, choice, index, scale)
+                return _compressed(state, stats, plan.compressed, tensor, choice, index, scale)
 
             path = (
-                _guarded(state, stats, plan, tensor, compressed) if state.fallback else compressed()
+                _guarded(state, stats, plan, tensor, choice, compressed)
+                if state.fallback
+                else compressed()
             )
     last = bucket.is_last()
     future = state.pipeline.run(path, tensor.device, last)
@@ -91,8 +96,10 @@ def _job(
     x: torch.Tensor,
     choice: Choice | None,
     index: int = 0,
+    scale: torch.Tensor | None = None,
 ) -> Job:
-    """A reduction of ``x`` under ``choice`` (``None``: uncompressed fp32)."""
+    """A reduction of ``x`` under ``choice`` (``None``: uncompressed fp32); ``scale``: the
+    shared scale, where the guard agreed it."""
     quantizer = choice.quantizer if choice is not None else _PLAIN
     feedback = state.error_feedback and quantizer.lossy
     own = choice is not None and quantizer is state.quantizer  # a policy's width applies
@@ -105,6 +112,7 @@ def _job(
         worker_residuals=state.worker_residuals if feedback else None,
         owner_residuals=state.owner_residuals if feedback else None,
         errors=state.errors.bucket(index) if choice is not None else None,
+        scale=scale,
     )
 
 
@@ -120,16 +128,36 @@ def _guarded(
     stats: StepStats,
     plan: BucketPlan,
     tensor: torch.Tensor,
-    compressed: Callable[[], Stages | Final],
+    choice: Choice,
+    compressed: Callable[[torch.Tensor | None], Stages | Final],
 ) -> Stages:
-    """Agree whether any rank's bucket is non-finite; if so send it all as fp32 this step."""
-    flag = (~torch.isfinite(tensor)).any().to(torch.int32).reshape(1)
-    yield all_reduce(stats, state.group, flag, dist.ReduceOp.MAX)
-    if int(flag):
+    """Agree whether any rank's bucket is non-finite; if so send it all as fp32 this step.
+    The flag carries the shared scale too, where the path encodes against one."""
+    flag = (~torch.isfinite(tensor)).any().reshape(1)
+    scale = _own_scale(state, plan, tensor, choice)
+    agreed = flag.to(torch.int32) if scale is None else torch.cat([flag.float(), scale])
+    yield all_reduce(stats, state.group, agreed, dist.ReduceOp.MAX)
+    if agreed[0] > 0:
         stats.add(fallbacks=1)
         log.warning("step %d: a bucket holds NaN or Inf on some rank; sent as fp32", state.step)
         return (yield from as_stages(_plain(state, stats, plan.plain, tensor)))
-    return (yield from as_stages(compressed()))
+    return (yield from as_stages(compressed(None if scale is None else agreed[1:])))
+
+
+def _own_scale(
+    state: QuantizedCommState, plan: BucketPlan, tensor: torch.Tensor, choice: Choice
+) -> torch.Tensor | None:
+    """Return this rank's part of the shared scale, ``max |x|`` of what its flat path will
+    encode (the compressed part plus its residual), for schemes that declare one; ``None``
+    otherwise, and on the hierarchical path, whose scale is over the node's sum."""
+    if not choice.quantizer.shared_scale or state.local_group is not None:
+        return None
+    runs = [(a, b) for a, b, kind in plan.runs if kind]
+    values = tensor if not plan.mixed else torch.cat([tensor[a:b] for a, b in runs])
+    if state.error_feedback:
+        values = state.worker_residuals.add(plan.compressed, values, 0)
+    scale = values.detach().abs().amax().float().reshape(1) if values.numel() else None
+    return scale if scale is None or torch.isfinite(scale).all() else scale.fill_(float("inf"))
 
 
 def _compressed(
@@ -139,9 +167,10 @@ def _compressed(
     x: torch.Tensor,
     choice: Choice,
     index: int,
+    scale: torch.Tensor | None = None,
 ) -> Stages | Final:
     """The choice's path for ``x``, in place: flat, or hierarchical over the node mesh."""
-    job = _job(state, stats, layout, x, choice, index)
+    job = _job(state, stats, layout, x, choice, index, scale)
     if state.local_group is not None and state.node_group is not None:
         return hierarchical(
             job, state.local_group, state.node_group, choice.collective, state.intra_dtype, x, x
@@ -156,13 +185,14 @@ def _split(
     tensor: torch.Tensor,
     choice: Choice,
     index: int,
+    scale: torch.Tensor | None = None,
 ) -> Stages:
     """A bucket of both kinds: the plain part's all-reduce, then the compressed part's
     stages; both write back into the bucket at the end."""
     runs = {kind: [(a, b) for a, b, k in plan.runs if k is kind] for kind in (True, False)}
     parts = {kind: torch.cat([tensor[a:b] for a, b in runs[kind]]) for kind in runs}
     plain_work, plain_finish = _plain(state, stats, plan.plain, parts[False])
-    compressed = _compressed(state, stats, plan.compressed, parts[True], choice, index)
+    compressed = _compressed(state, stats, plan.compressed, parts[True], choice, index, scale)
     work, finish = yield from as_stages(compressed)
     yield plain_work
     plain_finish()

@@ -83,6 +83,7 @@ class Job:
     worker_residuals: ResidualMemory | None  # None: no error feedback
     owner_residuals: ResidualMemory | None
     errors: ErrorSums | None = None  # None: errors not measured
+    scale: torch.Tensor | None = None  # the shared scale, where the NaN guard agreed it
 
     def timed(self, name: str) -> AbstractContextManager[None]:
         """Time a codec stage on the bucket's device (CUDA events there)."""
@@ -140,10 +141,13 @@ class Job:
 def shared_scale(job: Job, group: Group, x: torch.Tensor) -> torch.Tensor | None:
     """Return the max of ``|x|`` over the group for schemes that declare ``shared_scale``.
 
-    The scalar all-reduce is waited for here, in the hook body: the encoding needs it.
+    The NaN guard agrees it with its flag where it runs (``hooks/hook.py``); otherwise a
+    scalar all-reduce here is waited for in the hook body: the encoding needs it.
     """
     if not job.quantizer.shared_scale:
         return None
+    if job.scale is not None:
+        return job.scale
     scale = x.detach().abs().amax().float().reshape(1) if x.numel() else x.new_zeros(1).float()
     if not torch.isfinite(scale).all():
         scale.fill_(float("inf"))  # MAX of NaN is unreliable; Inf still decodes non-finite

@@ -70,10 +70,11 @@ def test_a_casts_estimate_counts_its_casts_not_the_16_bit_sums(tmp_path):
     assert 0.2 * exact < estimate < exact < 1e-5
 
 
-def test_a_non_finite_bucket_goes_as_fp32_that_step_on_every_rank(tmp_path):
+@pytest.mark.parametrize("scheme", ["qsgd", "global_qsgd_exp"])  # its flag carries a scale
+def test_a_non_finite_bucket_goes_as_fp32_that_step_on_every_rank(scheme, tmp_path):
     settings = {"bits": 4, "min_compress_numel": 0, "compress_1d": True}
     results = run_ranks(
-        f"{WORKERS}:nan_on_one_rank", 3, tmp_path, scheme="qsgd", nan_step=1, **settings
+        f"{WORKERS}:nan_on_one_rank", 3, tmp_path, scheme=scheme, nan_step=1, **settings
     )
     for result in results:
         stats, grads = result["stats"], result["grads"]
@@ -89,18 +90,23 @@ def test_a_non_finite_bucket_goes_as_fp32_that_step_on_every_rank(tmp_path):
             assert torch.equal(a.nan_to_num(), b.nan_to_num())
 
 
-def test_fallback_off_sends_no_guard(tmp_path):
+@pytest.mark.parametrize("scheme", ["qsgd", "global_qsgd_exp"])
+def test_fallback_off_sends_no_guard(scheme, tmp_path):
     settings = {"bits": 4, "min_compress_numel": 0, "compress_1d": True}
     on, off = (
         run_ranks(
-            f"{WORKERS}:nan_on_one_rank", 2, tmp_path / str(flag), scheme="qsgd", nan_step=1,
+            f"{WORKERS}:nan_on_one_rank", 2, tmp_path / str(flag), scheme=scheme, nan_step=1,
             fallback=flag, **settings,
         )[0]
         for flag in (True, False)
     )  # fmt: skip
     assert all(s["fallbacks"] == 0 for s in off["stats"])
     buckets = on["stats"][0]["buckets"]
-    assert on["stats"][0]["collectives"] - off["stats"][0]["collectives"] == buckets
+    # a shared scale goes with the guard's flag, or alone without it: the same scale
+    guards = 0 if scheme == "global_qsgd_exp" else buckets
+    assert on["stats"][0]["collectives"] - off["stats"][0]["collectives"] == guards
+    for a, b in zip(on["grads"][0], off["grads"][0], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_a_bucket_over_budget_widens_until_fp32(tmp_path):

@@ -42,8 +42,8 @@ def expected_bytes(
     """Return (payload, sent, uncompressed) bytes of one bucket on a single-stage path.
 
     Parameters under ``min_numel`` elements and 1-D ones go as one fp32 all-reduce; the
-    rest, packed one after the other, through the scheme: a shared scale first (one
-    4-byte MAX all-reduce), then its lanes summed, or its payloads gathered.
+    rest, packed one after the other, through the scheme: its lanes summed, or its
+    payloads gathered (a shared scale rides on the NaN guard: ``step_overhead``).
     """
     if make(scheme).name == "fp32":  # plain DDP: the whole bucket in one all-reduce
         size = 4 * sum(k for k, _ in shapes)
@@ -57,8 +57,6 @@ def expected_bytes(
     if not q.lossy:  # a float cast: one all-reduce
         size = q.wire_nbytes(packed)
         return payload + size, sent + ring(size, n), 4 * plain
-    if q.shared_scale:
-        payload, sent = payload + 4, sent + ring(4, n)
     if single_stage(scheme) is Collective.ALLREDUCE:  # summed lanes, the scale apart
         lanes = q.wire_nbytes(packed) - 4
         return payload + lanes, sent + ring(lanes, n), 4 * plain
@@ -106,7 +104,8 @@ def test_training_keeps_ranks_identical_and_counts_real_bytes(
         sizes = [expected_bytes(scheme, s, 64, stats["bits"], n) for s in shapes]
         sizes += [(4, ring(4, n), 0)] if shares_a_norm else []
         guarded = sum(1 for s in shapes if compresses(scheme, s, 64))
-        sizes += [(p, s, 0) for p, s in step_overhead(guarded, len(shapes), n)]
+        scaled = make(scheme).shared_scale
+        sizes += [(p, s, 0) for p, s in step_overhead(guarded, len(shapes), n, scaled)]
         assert stats["payload_bytes"] == sum(payload for payload, _, _ in sizes)
         assert stats["sent_bytes"] == sum(sent for _, sent, _ in sizes)
         assert stats["uncompressed_bytes"] == sum(plain for _, _, plain in sizes) > 0

@@ -1,6 +1,7 @@
 """The bytes every step of the quantized hook adds to its paths' own (hooks/hook.py, state.py).
 
-* the NaN guard: one ``allreduce(MAX)`` of a 4-byte flag per bucket with a compressed part;
+* the NaN guard: one ``allreduce(MAX)`` of a 4-byte flag per bucket with a compressed part
+  (on a flat path, 8 bytes for a scheme with a shared scale: the flag and the scale);
 * the error share: one all-reduce of ``3 * buckets + 3`` floats at the step's end, when
   any bucket was encoded (a step all in fp32 shares nothing, as plain DDP).
 """
@@ -19,10 +20,13 @@ def share_bytes(buckets: int) -> int:
     return 4 * (3 * buckets + 3)
 
 
-def step_overhead(guarded: int, buckets: int, n: int) -> list[tuple[int, int]]:
+def step_overhead(
+    guarded: int, buckets: int, n: int, shared_scale: bool = False
+) -> list[tuple[int, int]]:
     """Return ``(payload, sent)`` of each extra collective of a step on a flat path."""
     share = [(share_bytes(buckets), ring(share_bytes(buckets), n))] if guarded else []
-    return [(4, ring(4, n))] * guarded + share
+    guard = 8 if shared_scale else 4
+    return [(guard, ring(guard, n))] * guarded + share
 
 
 def step_overhead_traffic(
