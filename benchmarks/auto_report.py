@@ -80,12 +80,14 @@ def _bounded(r: float) -> float:
 
 
 def link_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
-    """Per (link, world size, seed): fp32, the best fixed configuration and ``auto``."""
-    groups: dict[tuple[str, int, int], list[Record]] = {}
+    """Per sweep (its file), link, world size and seed: fp32, the best fixed configuration
+    and ``auto``."""
+    groups: dict[tuple[str, str, int, int], list[Record]] = {}
     for r in _ok(records):
-        groups.setdefault((r["link"], r["world_size"], r.get("seed", 0)), []).append(r)
+        key = (r.get("sweep", ""), r["link"], r["world_size"], r.get("seed", 0))
+        groups.setdefault(key, []).append(r)
     rows = []
-    for (link, world, seed), runs in sorted(groups.items(), key=lambda kv: kv[0][1:]):
+    for (sweep, link, world, seed), runs in sorted(groups.items()):
         fixed = [r for r in runs if r["scheme"] != AUTO]
         auto = [r for r in runs if r["scheme"] == AUTO]
         fp32 = [r for r in runs if r["scheme"] == BASELINE]
@@ -94,7 +96,8 @@ def link_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
         best = min(fixed, key=lambda r: r["step_time_s"])
         a = auto[0]["step_time_s"]
         row = {
-            "link": link, "world_size": world, "seed": seed, "best_fixed": _name(best),
+            "sweep": sweep, "link": link, "world_size": world, "seed": seed,
+            "best_fixed": _name(best),
             "best_fixed_s": best["step_time_s"], "auto_s": a,
             "auto_vs_best": a / best["step_time_s"],
             "auto_choices": sorted({label for _, _, label in auto[0].get("decisions", [])}),
@@ -191,7 +194,8 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _read(paths: Sequence[Path] | None) -> list[Record]:
-    return [r for path in paths or [] for r in json.loads(path.read_text())]
+    """The records of every file, each marked with the sweep (file) it came from."""
+    return [{**r, "sweep": path.stem} for path in paths or [] for r in json.loads(path.read_text())]
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -90,9 +90,12 @@ def test_the_race_goal_is_auto_no_later_than_the_best_fixed_that_reached():
     assert rows[1]["auto_vs_best"] == pytest.approx(1.1)
 
 
-def test_the_report_is_written(tmp_path):
-    path = tmp_path / "records.json"
-    path.write_text(json.dumps([_record("fp32", step_time_s=2.0), _record("auto")]))
+def test_the_report_is_written_comparing_within_each_sweep(tmp_path):
+    first, second = tmp_path / "short.json", tmp_path / "long.json"
+    first.write_text(json.dumps([_record("fp32", step_time_s=2.0), _record("auto")]))
+    second.write_text(json.dumps([_record("fp32", step_time_s=0.5), _record("auto")]))
     out = tmp_path / "report.md"
-    report = auto_report.main(["--links", str(path), "--out", str(out)])
+    report = auto_report.main(["--links", str(first), str(second), "--out", str(out)])
     assert "auto beside fixed" in report and out.read_text() == report
+    rows = auto_report.link_rows(auto_report._read([first, second]))
+    assert [(r["sweep"], r["auto_vs_fp32"]) for r in rows] == [("long", 2.0), ("short", 0.5)]
