@@ -51,9 +51,11 @@ class ErrorSums:
         ``weight`` is its share in the error of the mean (``1/n^2`` for a rank's own)."""
         t, f = target.reshape(-1).float(), fresh.reshape(-1).float()
         error = decoded - t
+        error_sq = error.dot(error)
         # without error feedback what was encoded is the fresh gradient: one difference
-        off = error if f.data_ptr() == t.data_ptr() else decoded - f
-        row = torch.stack([error.dot(error), t.dot(t), off.dot(off) * weight])
+        off = decoded - f if f.data_ptr() != t.data_ptr() else None
+        off_sq = error_sq if off is None else off.dot(off)
+        row = torch.stack([error_sq, t.dot(t), off_sq * weight])
         self.sums = row if self.sums is None else self.sums + row
 
 
