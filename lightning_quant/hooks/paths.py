@@ -139,14 +139,10 @@ class Job:
 
 
 def shared_scale(job: Job, group: Group, x: torch.Tensor) -> torch.Tensor | None:
-    """Return the max of ``|x|`` over the group for schemes that declare ``shared_scale``.
-
-    The NaN guard agrees it with its flag where it runs (``hooks/hook.py``); otherwise a
-    scalar all-reduce here is waited for in the hook body: the encoding needs it.
-    """
-    if not job.quantizer.shared_scale:
-        return None
-    if job.scale is not None:
+    """Return the max of ``|x|`` over the group for schemes that declare ``shared_scale``:
+    the one the NaN guard agreed (``hooks/hook.py``), else a scalar all-reduce's, waited
+    for here in the hook body (the encoding needs it)."""
+    if not job.quantizer.shared_scale or job.scale is not None:
         return job.scale
     scale = x.detach().abs().amax().float().reshape(1) if x.numel() else x.new_zeros(1).float()
     if not torch.isfinite(scale).all():
