@@ -12,8 +12,7 @@ of them holds a NaN or Inf (one ``allreduce(MAX)`` of a flag, its first stage): 
 whole bucket goes as plain DDP's fp32 all-reduce that step, so mixed-precision loss
 scaling sees the overflow exactly as without compression. For a scheme that encodes
 against a scale shared by the ranks (Global-QSGD's), the same ``allreduce(MAX)`` carries
-that scale beside the flag: launched before the previous bucket's later stages, it does
-not wait behind their transfers in a hook body, as a separate one would.
+that scale beside the flag: one collective where there were two.
 """
 
 # No ``from __future__ import annotations`` here: DDP checks the hook's annotations
