@@ -108,7 +108,7 @@ def measure(
     q = choice.quantizer
     began = time.perf_counter()
     bool(torch.isfinite(sample).all())  # the guard's pass
-    scale = sample.abs().amax().reshape(1).float() if q.shared_scale else None
+    scale = q.own_scale(sample)
     if choice.collective is Collective.ALLREDUCE and q.lossy:
         payload = q.encode_summable(sample, generator, world_size=n, scale=scale)
         wire = q.summable(payload)

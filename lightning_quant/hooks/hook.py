@@ -133,7 +133,7 @@ def _guarded(
     """Agree whether any rank's bucket is non-finite; if so send it all as fp32 this step.
     The flag carries the shared scale too, where the path encodes against one."""
     flag = (~torch.isfinite(tensor)).any().reshape(1)
-    scale = _own_scale(state, plan, tensor, choice)
+    scale = _bucket_scale(state, plan, tensor, choice)
     agreed = flag.to(torch.int32) if scale is None else torch.cat([flag.float(), scale])
     yield all_reduce(stats, state.group, agreed, dist.ReduceOp.MAX)
     if agreed[0] > 0:
@@ -143,7 +143,7 @@ def _guarded(
     return (yield from as_stages(compressed(None if scale is None else agreed[1:])))
 
 
-def _own_scale(
+def _bucket_scale(
     state: QuantizedCommState, plan: BucketPlan, tensor: torch.Tensor, choice: Choice
 ) -> torch.Tensor | None:
     """Return this rank's part of the shared scale, ``max |x|`` of what its flat path will
@@ -155,8 +155,7 @@ def _own_scale(
     values = tensor if not plan.mixed else torch.cat([tensor[a:b] for a, b in runs])
     if state.error_feedback:
         values = state.worker_residuals.add(plan.compressed, values, 0)
-    scale = values.detach().abs().amax().float().reshape(1) if values.numel() else None
-    return scale if scale is None or torch.isfinite(scale).all() else scale.fill_(float("inf"))
+    return choice.quantizer.own_scale(values)
 
 
 def _compressed(

@@ -142,12 +142,11 @@ def shared_scale(job: Job, group: Group, x: torch.Tensor) -> torch.Tensor | None
     """Return the max of ``|x|`` over the group for schemes that declare ``shared_scale``:
     the one the NaN guard agreed (``hooks/hook.py``), else a scalar all-reduce's, waited
     for here in the hook body (the encoding needs it)."""
-    if not job.quantizer.shared_scale or job.scale is not None:
+    if job.scale is not None:
         return job.scale
-    scale = x.detach().abs().amax().float().reshape(1) if x.numel() else x.new_zeros(1).float()
-    if not torch.isfinite(scale).all():
-        scale.fill_(float("inf"))  # MAX of NaN is unreliable; Inf still decodes non-finite
-    all_reduce(job.stats, group, scale, dist.ReduceOp.MAX).wait()
+    scale = job.quantizer.own_scale(x)
+    if scale is not None:
+        all_reduce(job.stats, group, scale, dist.ReduceOp.MAX).wait()
     return scale
 
 

@@ -120,6 +120,15 @@ class Quantizer(ABC):
         """How the codes go on the wire: ``"packed"``, or ``"entropy"`` (rANS-coded)."""
         return str(getattr(self.config, "coding", "packed"))
 
+    def own_scale(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Return this rank's part of the shared scale, for schemes that declare one:
+        ``max |x|`` as one ``float32`` (0 for no elements, Inf where ``x`` holds NaN or Inf,
+        as a MAX of NaN is unreliable); ``None`` for the others."""
+        if not self.shared_scale:
+            return None
+        scale = x.detach().abs().amax().float().reshape(1) if x.numel() else x.new_zeros(1).float()
+        return scale if torch.isfinite(scale).all() else scale.fill_(float("inf"))
+
     def check_collective(self, requested: str) -> None:
         """Raise ``ValueError`` unless ``requested`` is ``"auto"`` or a collective it can
         reduce with at its settings; the message says what to choose."""
@@ -221,9 +230,8 @@ class Quantizer(ABC):
         """
         kernels.backend(device, self.coding)
         x = torch.linspace(-1.0, 1.0, 2 * self.alignment + 3, device=device)
-        scale = x.abs().amax().reshape(1) if self.shared_scale else None
         generator = torch.Generator(device=device).manual_seed(0)
-        self.decode(self.encode(x, generator, scale=scale))
+        self.decode(self.encode(x, generator, scale=self.own_scale(x)))
 
     def make_policy(self, workers: int = 1, two_stage: bool = False) -> StepPolicy | None:
         """Return the per-step state this scheme keeps in the hook's state, or ``None``.

@@ -172,6 +172,18 @@ def test_wire_size_formula_shared_scale(name: str, numel: int, bits: int) -> Non
     assert payload.nbytes == q.wire_nbytes(numel) == math.ceil(numel * bits / 8) + 4
 
 
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_own_scale_is_max_abs_for_schemes_that_share_one(name: str) -> None:
+    q = make(name)
+    x = torch.tensor([0.5, -3.0, 2.0])
+    if not q.shared_scale:
+        assert q.own_scale(x) is None
+        return
+    assert torch.equal(q.own_scale(x), torch.tensor([3.0]))
+    assert torch.equal(q.own_scale(x[:0]), torch.tensor([0.0]))
+    assert torch.equal(q.own_scale(torch.tensor([1.0, float("nan")])), torch.tensor([math.inf]))
+
+
 @pytest.mark.parametrize("name", FLOATS)
 @pytest.mark.parametrize("numel", [0, 1, 513])
 def test_wire_size_floats(name: str, numel: int) -> None:
